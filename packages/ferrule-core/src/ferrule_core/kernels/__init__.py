@@ -1,0 +1,1 @@
+"""Kernels the core ships: the pure-torch reference linear kernel."""

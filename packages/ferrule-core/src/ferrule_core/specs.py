@@ -1,0 +1,239 @@
+"""The records that plugins return from the registration hooks.
+
+Every record is a frozen dataclass with a ``name`` and the name of the plugin that
+provided it (``plugin``; filled in by the loader, so a plugin leaves it empty).
+Capabilities are data on the record, so that ``ferrule plugins`` can print them and
+selection can explain a refusal without running any plugin code.
+
+Nothing here imports torch: records refer to heavy code through callables that
+import it when they are called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+KERNEL_KINDS = ("linear", "attention", "moe")
+ANY_PLATFORM = "*"
+
+
+@dataclass(frozen=True)
+class KernelRequest:
+    """What a caller needs from a kernel: the layer's quantization and the data it sees.
+
+    ``platform`` is a platform name (``cpu``, ``cuda``, ``rocm``); ``dtype`` is the
+    activation dtype's short name (``float16``, ``bfloat16``, ``float32``);
+    ``capability`` is the device's compute capability where the platform has one.
+    """
+
+    platform: str
+    bits: int
+    group_size: int
+    desc_act: bool = False
+    sym: bool = True
+    dtype: str = "float16"
+    in_features: int = 0
+    out_features: int = 0
+    capability: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        group = "per-channel" if self.group_size == -1 else f"group_size={self.group_size}"
+        order = ", act-order" if self.desc_act else ""
+        grid = "sym" if self.sym else "asym"
+        shape = f", {self.in_features}x{self.out_features}" if self.in_features else ""
+        return f"{self.bits}-bit {group}{order}, {grid}, {self.dtype} on {self.platform}{shape}"
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A kernel a plugin offers, with what it supports as data.
+
+    ``factory(layer)`` builds the kernel for one layer (for ``linear``: a
+    ``QuantLinear``) and returns an object with ``forward(x) -> Tensor``; it is the
+    only place the plugin may import torch or compile anything. ``check(request)``
+    adds refusals the data cannot express (a missing torch op, an unsupported shape)
+    and returns ``None`` when the kernel can serve, else a reason.
+    ``group_sizes=None`` means any group size; ``platforms`` may contain ``"*"``.
+    """
+
+    name: str
+    kind: str
+    factory: Callable[..., Any]
+    platforms: tuple[str, ...]
+    bits: tuple[int, ...] = (2, 3, 4, 8)
+    group_sizes: tuple[int, ...] | None = None
+    desc_act: bool = True
+    sym: bool = True
+    asym: bool = True
+    dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32")
+    min_capability: tuple[int, int] | None = None
+    priority: int = 0
+    check: Callable[[KernelRequest], str | None] | None = None
+    description: str = ""
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KERNEL_KINDS:
+            raise ValueError(
+                f"KernelSpec {self.name!r}: kind={self.kind!r} is not a kernel kind; "
+                f"use one of {', '.join(KERNEL_KINDS)}"
+            )
+
+    def reject_reason(self, request: KernelRequest) -> str | None:
+        """``None`` when this kernel can serve ``request``, else why not."""
+        if ANY_PLATFORM not in self.platforms and request.platform not in self.platforms:
+            return f"runs on {', '.join(self.platforms)}, not {request.platform}"
+        if request.bits not in self.bits:
+            return f"supports bits {_join(self.bits)}, not {request.bits}"
+        if self.group_sizes is not None and request.group_size not in self.group_sizes:
+            return f"supports group sizes {_join(self.group_sizes)}, not {request.group_size}"
+        if request.desc_act and not self.desc_act:
+            return "does not support act-order (desc_act)"
+        if request.sym and not self.sym:
+            return "supports only asymmetric grids"
+        if not request.sym and not self.asym:
+            return "supports only symmetric grids"
+        if request.dtype not in self.dtypes:
+            return f"supports activations in {', '.join(self.dtypes)}, not {request.dtype}"
+        if self.min_capability is not None:
+            have = request.capability
+            if have is None or tuple(have) < tuple(self.min_capability):
+                need = ".".join(map(str, self.min_capability))
+                got = "none" if have is None else ".".join(map(str, have))
+                return f"needs compute capability {need} or newer, the device has {got}"
+        if self.check is not None:
+            return self.check(request)
+        return None
+
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "platforms": list(self.platforms),
+            "bits": list(self.bits),
+            "group_sizes": "any" if self.group_sizes is None else list(self.group_sizes),
+            "desc_act": self.desc_act,
+            "sym": self.sym,
+            "asym": self.asym,
+            "dtypes": list(self.dtypes),
+            "min_capability": None
+            if self.min_capability is None
+            else ".".join(map(str, self.min_capability)),
+            "priority": self.priority,
+        }
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """How ferrule handles one family of Hugging Face architectures.
+
+    ``model_types`` are the ``config.json`` ``model_type`` values handled.
+    The quantization layout describes the ``transformers`` model:
+    ``blocks_path`` is the dotted path of the decoder blocks' ``ModuleList``;
+    ``outside_modules`` the modules that run before the first block (embeddings,
+    rotary embedding) and after the last (final norm, head);
+    ``sequential_groups`` the block's linear sub-layers in true-sequential order,
+    each group quantized together (for example q, k and v, which see the same input).
+    ``engine_model`` is an import path ``"package.module:Class"`` of the serving model,
+    resolved lazily; ``weight_map`` renames checkpoint keys for it.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    blocks_path: str
+    sequential_groups: tuple[tuple[str, ...], ...]
+    outside_modules: tuple[str, ...] = ()
+    engine_model: str | None = None
+    weight_map: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model_types:
+            raise ValueError(f"ArchitectureSpec {self.name!r} names no model_types")
+        if not self.sequential_groups or not all(self.sequential_groups):
+            raise ValueError(f"ArchitectureSpec {self.name!r} has an empty sequential group")
+
+    @property
+    def quantized_modules(self) -> tuple[str, ...]:
+        return tuple(name for group in self.sequential_groups for name in group)
+
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "model_types": list(self.model_types),
+            "blocks_path": self.blocks_path,
+            "sequential_groups": [list(group) for group in self.sequential_groups],
+            "outside_modules": list(self.outside_modules),
+            "engine_model": self.engine_model,
+        }
+
+
+@dataclass(frozen=True)
+class QuantMethodSpec:
+    """A quantization method (``gptq``, ``rtn``).
+
+    ``config_type`` is the config dataclass the method accepts; ``quantize_layer`` is
+    the per-layer function the calibration pipeline calls.
+    """
+
+    name: str
+    quantize_layer: Callable[..., Any]
+    config_type: type | None = None
+    needs_calibration: bool = True
+    description: str = ""
+    plugin: str = ""
+
+    def capabilities(self) -> dict[str, Any]:
+        config = None if self.config_type is None else self.config_type.__name__
+        return {"config_type": config, "needs_calibration": self.needs_calibration}
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A scheduling policy (``fcfs``, ``priority``); ``policy`` builds it."""
+
+    name: str
+    policy: Callable[..., Any]
+    preemptive: bool = False
+    description: str = ""
+    plugin: str = ""
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"preemptive": self.preemptive}
+
+
+@dataclass(frozen=True)
+class PlatformSpec:
+    """A hardware platform.
+
+    ``check()`` returns ``None`` when the platform is usable on this machine, else
+    why not; ``memory()`` returns ``(total_bytes, available_bytes)`` of the device
+    memory; ``capability()``, where given, the current device's compute capability
+    (kernels declare a ``min_capability`` against it); ``device_type`` is the torch
+    device type its tensors live on. The callables may import torch; selection calls
+    them only when asked.
+    """
+
+    name: str
+    device_type: str
+    check: Callable[[], str | None]
+    memory: Callable[[], tuple[int, int]]
+    capability: Callable[[], tuple[int, int] | None] | None = None
+    distributed_backend: str = "gloo"
+    preferred_kernels: tuple[str, ...] = ()
+    priority: int = 0
+    description: str = ""
+    plugin: str = ""
+
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "device_type": self.device_type,
+            "distributed_backend": self.distributed_backend,
+            "preferred_kernels": list(self.preferred_kernels),
+            "priority": self.priority,
+        }
+
+
+def _join(values: tuple[int, ...]) -> str:
+    return ", ".join(str(v) for v in values)

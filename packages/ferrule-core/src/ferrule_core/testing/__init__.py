@@ -1,0 +1,21 @@
+"""The conformance kit: base test classes a plugin's tests subclass in a few lines.
+
+Importing it needs pytest and torch (it is for test suites, not for library code).
+"""
+
+from ferrule_core.testing.architectures import ArchitectureConformance, layout_problems
+from ferrule_core.testing.kernels import (
+    KernelConformance,
+    float64_reference,
+    random_gptq_tensors,
+    relative_error,
+)
+
+__all__ = [
+    "ArchitectureConformance",
+    "KernelConformance",
+    "float64_reference",
+    "layout_problems",
+    "random_gptq_tensors",
+    "relative_error",
+]
