@@ -33,8 +33,13 @@ class _TestStack:
 
 def _tiny_llama_config():
     return transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=64, max_position_embeddings=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=64,
     )
 
 
@@ -59,10 +64,19 @@ def model():
         ({"blocks_path": "model.blocks"}, "blocks_path 'model.blocks' does not exist"),
         ({"blocks_path": "model.norm"}, "not a non-empty ModuleList"),
         ({"outside_modules": ("model.wte",)}, "outside module 'model.wte' does not exist"),
-        ({"sequential_groups": LLAMA.sequential_groups[:3]}, "linear 'mlp.down_proj' is in no sequential group"),
-        ({"sequential_groups": (*LLAMA.sequential_groups, ("self_attn.o_proj",))}, "listed in more than one group"),
+        (
+            {"sequential_groups": LLAMA.sequential_groups[:3]},
+            "linear 'mlp.down_proj' is in no sequential group",
+        ),
+        (
+            {"sequential_groups": (*LLAMA.sequential_groups, ("self_attn.o_proj",))},
+            "listed in more than one group",
+        ),
         ({"sequential_groups": (*LLAMA.sequential_groups, ("mlp.act_fn",))}, "'mlp.act_fn' is a"),
-        ({"sequential_groups": (*LLAMA.sequential_groups, ("mlp.missing",))}, "'mlp.missing' does not exist"),
+        (
+            {"sequential_groups": (*LLAMA.sequential_groups, ("mlp.missing",))},
+            "'mlp.missing' does not exist",
+        ),
     ],
 )
 def test_a_wrong_layout_is_caught(model, change, fragment):

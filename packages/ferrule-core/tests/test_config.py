@@ -50,8 +50,16 @@ def test_every_problem_is_reported_at_once():
 
 def test_reads_the_names_other_tools_write():
     config = QuantizeConfig.from_dict(
-        {"wbits": 3, "groupsize": 64, "act_order": True, "format": "gptq_v2", "sym": False,
-         "damp_percent": 0.05, "model_name_or_path": "somewhere", "meta": {"quantizer": "x"}}
+        {
+            "wbits": 3,
+            "groupsize": 64,
+            "act_order": True,
+            "format": "gptq_v2",
+            "sym": False,
+            "damp_percent": 0.05,
+            "model_name_or_path": "somewhere",
+            "meta": {"quantizer": "x"},
+        }
     )
     assert (config.bits, config.group_size, config.desc_act) == (3, 64, True)
     assert config.checkpoint_format == "gptq_v2" and config.sym is False
@@ -61,22 +69,39 @@ def test_reads_the_names_other_tools_write():
 
 
 def test_autogptq_file_and_marlin_flag():
-    autogptq = {"bits": 4, "group_size": 128, "damp_percent": 0.01, "desc_act": False,
-                "static_groups": False, "sym": True, "true_sequential": True,
-                "model_name_or_path": None, "model_file_base_name": "model", "quant_method": "gptq",
-                "checkpoint_format": "gptq"}
+    autogptq = {
+        "bits": 4,
+        "group_size": 128,
+        "damp_percent": 0.01,
+        "desc_act": False,
+        "static_groups": False,
+        "sym": True,
+        "true_sequential": True,
+        "model_name_or_path": None,
+        "model_file_base_name": "model",
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+    }
     assert QuantizeConfig.from_dict(autogptq).bits == 4
     with pytest.raises(ConfigError, match="Marlin"):
         QuantizeConfig.from_dict({**autogptq, "is_marlin_format": True})
 
 
 def test_loads_from_config_json_quantization_config(tmp_path):
-    block = {"quant_method": "GPTQ", "bits": 8, "group_size": -1, "desc_act": True, "use_exllama": False}
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": block}))
+    block = {
+        "quant_method": "GPTQ",
+        "bits": 8,
+        "group_size": -1,
+        "desc_act": True,
+        "use_exllama": False,
+    }
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "quantization_config": block})
+    )
     config = QuantizeConfig.load(tmp_path)
     assert (config.bits, config.group_size, config.quant_method) == (8, -1, "gptq")
     assert config.extras == {"use_exllama": False}
-    with pytest.raises(FileNotFoundError, match="quantize_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"quantize_config.json"):
         QuantizeConfig.load(tmp_path / "missing")
 
 
@@ -92,5 +117,8 @@ def test_layer_problems():
     assert config.layer_problems("ok", 256, 64) == []
     problems = config.layer_problems("mlp.down_proj", 200, 100)
     assert any("not a multiple of group_size=128" in p for p in problems)
-    assert any("in_features=200 cannot be packed at 3 bits" in p and "multiple of 32" in p for p in problems)
+    assert any(
+        "in_features=200 cannot be packed at 3 bits" in p and "multiple of 32" in p
+        for p in problems
+    )
     assert any("out_features=100" in p for p in problems)

@@ -27,7 +27,9 @@ def test_from_linear_round_to_nearest_is_close(registry):
 def test_forward_matches_the_float64_oracle_with_bias_and_act_order(registry):
     tensors = random_gptq_tensors(128, 64, 4, 32, desc_act=True, sym=False)
     bias = torch.randn(64).half()
-    layer = QuantLinear.from_tensors(tensors, 4, 32, bias=bias, desc_act=True, sym=False, registry=registry)
+    layer = QuantLinear.from_tensors(
+        tensors, 4, 32, bias=bias, desc_act=True, sym=False, registry=registry
+    )
     x = torch.randn(3, 5, 128)
     out = layer(x)
     assert out.shape == (3, 5, 64)
@@ -63,8 +65,12 @@ def test_kernel_is_chosen_again_after_a_move_or_new_weights(registry):
 
 
 def test_an_explicit_kernel_that_cannot_serve_says_why(registry):
-    layer = QuantLinear.from_tensors(random_gptq_tensors(64, 32, 4, 32), 4, 32, kernel="nope", registry=registry)
-    with pytest.raises(SelectionError, match="no linear kernel named 'nope'; installed: .*reference"):
+    layer = QuantLinear.from_tensors(
+        random_gptq_tensors(64, 32, 4, 32), 4, 32, kernel="nope", registry=registry
+    )
+    with pytest.raises(
+        SelectionError, match=r"no linear kernel named 'nope'; installed: .*reference"
+    ):
         layer(torch.randn(1, 64))
 
 

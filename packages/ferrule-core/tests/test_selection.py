@@ -42,7 +42,11 @@ def _registry(kernels=(), platforms=()):
         ({"platforms": ("cpu",), "asym": False}, {"sym": False}, "only symmetric"),
         ({"platforms": ("cpu",), "sym": False}, {}, "only asymmetric"),
         ({"platforms": ("cpu",), "dtypes": ("bfloat16",)}, {}, "bfloat16, not float16"),
-        ({"platforms": ("cpu",), "min_capability": (8, 0)}, {}, "8.0 or newer, the device has none"),
+        (
+            {"platforms": ("cpu",), "min_capability": (8, 0)},
+            {},
+            "8.0 or newer, the device has none",
+        ),
         ({"platforms": ("*",), "check": lambda r: "needs K % 1024"}, {}, "needs K % 1024"),
     ],
 )
@@ -73,7 +77,9 @@ def test_highest_priority_that_accepts_wins():
 
 
 def test_explicit_choice_that_cannot_serve_lists_every_reason():
-    registry = _registry([_kernel("gpu", 10, platforms=("cuda",)), _kernel("int8", 5, platforms=("cpu",), bits=(8,))])
+    registry = _registry(
+        [_kernel("gpu", 10, platforms=("cuda",)), _kernel("int8", 5, platforms=("cpu",), bits=(8,))]
+    )
     with pytest.raises(SelectionError) as info:
         registry.select_kernel("linear", REQUEST, choice="gpu")
     message = str(info.value)
@@ -98,7 +104,9 @@ def _platform(name, priority, reason=None, raises=False):
             raise OSError("driver exploded")
         return reason
 
-    return PlatformSpec(name=name, device_type=name, check=check, memory=lambda: (1, 1), priority=priority)
+    return PlatformSpec(
+        name=name, device_type=name, check=check, memory=lambda: (1, 1), priority=priority
+    )
 
 
 def test_select_platform_takes_the_best_usable_one():

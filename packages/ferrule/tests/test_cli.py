@@ -45,14 +45,32 @@ def test_validate_bits_5_exits_2_naming_the_valid_widths(capsys):
 
 
 def test_validate_reports_every_problem(capsys):
-    assert main(["validate", "--bits", "5", "--group-size", "0", "--damp", "2", "--format", "awq"]) == 2
+    assert (
+        main(["validate", "--bits", "5", "--group-size", "0", "--damp", "2", "--format", "awq"])
+        == 2
+    )
     out = capsys.readouterr().out
     assert "invalid: 4 problem(s)" in out
     assert "group_size=0" in out and "damp_percent=2.0" in out and "checkpoint_format='awq'" in out
 
 
 def test_validate_accepts_good_flags(capsys):
-    assert main(["validate", "--bits", "3", "--group-size", "64", "--desc-act", "--no-sym", "--format", "gptq_v2"]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                "--bits",
+                "3",
+                "--group-size",
+                "64",
+                "--desc-act",
+                "--no-sym",
+                "--format",
+                "gptq_v2",
+            ]
+        )
+        == 0
+    )
     assert "valid: 3-bit, group_size 64, desc_act=True, sym=False" in capsys.readouterr().out
 
 
@@ -75,11 +93,15 @@ def test_validate_against_a_model_folder(tmp_path, capsys, core_only):
     assert main(["validate", "--model", str(folder), "--group-size", "64"]) == 0
     assert "2 linear layers" in capsys.readouterr().out
     bad = _model_folder(tmp_path / "bad", down_in=96)
-    assert main(["validate", "--model", str(bad), "--group-size", "64", "--bits", "3", "--json"]) == 2
+    assert (
+        main(["validate", "--model", str(bad), "--group-size", "64", "--bits", "3", "--json"]) == 2
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["valid"] is False
-    assert any("model.layers.0.mlp.down_proj: in_features=96 is not a multiple of group_size=64" in p
-               for p in result["problems"])
+    assert any(
+        "model.layers.0.mlp.down_proj: in_features=96 is not a multiple of group_size=64" in p
+        for p in result["problems"]
+    )
 
 
 def test_validate_against_a_kernel_and_platform(tmp_path, capsys, core_only):

@@ -76,6 +76,7 @@ def ferrule_register_kernels() -> list[KernelSpec]:
 
             return Int4Kernel(layer)
 
+
         @hookimpl
         def ferrule_register_kernels():
             return [

@@ -89,7 +89,7 @@ def load_plugins(
         registry.plugins.append(PluginInfo(name, name))
         trace.write(f"registered plugin object {name}")
 
-    _check_pending(pm)
+    _check_pending(pm, registry)
     failed = {f.name for f in registry.failures}
     for hook_name, table_name in _FAMILY_TABLES.items():
         table = getattr(registry, table_name)
@@ -145,20 +145,35 @@ def _record_failure(registry: Registry, name: str, dist: str | None, error: str)
     registry.failures.append(PluginFailure(name, dist, error))
 
 
-def _check_pending(pm: pluggy.PluginManager) -> None:
-    """Fail on a ``@hookimpl`` whose name is no ferrule hook (usually a typo)."""
+def _check_pending(pm: pluggy.PluginManager, registry: Registry) -> None:
+    """Drop plugins with a ``@hookimpl`` that is no ferrule hook (usually a typo).
+
+    Each is reported like any broken plugin; then pluggy's own ``check_pending`` must pass.
+    """
     known = list(_FAMILY_TABLES)
     for name in sorted(vars(pm.hook)):
         caller = getattr(pm.hook, name)
-        impls = [i for i in caller.get_hookimpls() if not i.optionalhook]
-        if caller.spec is None and impls:
+        if caller.spec is not None:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook or pm.get_plugin(impl.plugin_name) is None:
+                continue
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]}?" if close else f"the hooks are {', '.join(known)}"
-            raise PluginError(
-                f"plugin {impls[0].plugin_name!r} implements {name!r}, which is not a ferrule "
-                f"hook; {hint}"
+            dist = next(
+                (p.distribution for p in registry.plugins if p.name == impl.plugin_name), None
             )
-    pm.check_pending()
+            _record_failure(
+                registry,
+                impl.plugin_name,
+                dist,
+                f"implements {name!r}, which is not a ferrule hook; {hint}",
+            )
+            pm.unregister(name=impl.plugin_name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc)) from exc
 
 
 def _as_list(result: Any, record_type: type, plugin: str, hook_name: str) -> list[Any]:

@@ -55,11 +55,16 @@ class QuantLinear(nn.Module):
         self.registry = registry
         groups = num_groups(in_features, group_size)
         words = in_features * bits // 32
-        self.register_buffer("qweight", torch.zeros(words, out_features, dtype=torch.int32, device=device))
         self.register_buffer(
-            "qzeros", torch.zeros(groups, out_features * bits // 32, dtype=torch.int32, device=device)
+            "qweight", torch.zeros(words, out_features, dtype=torch.int32, device=device)
         )
-        self.register_buffer("scales", torch.zeros(groups, out_features, dtype=dtype, device=device))
+        self.register_buffer(
+            "qzeros",
+            torch.zeros(groups, out_features * bits // 32, dtype=torch.int32, device=device),
+        )
+        self.register_buffer(
+            "scales", torch.zeros(groups, out_features, dtype=dtype, device=device)
+        )
         self.register_buffer("g_idx", default_g_idx(in_features, group_size, device=device))
         if bias:
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
@@ -88,14 +93,27 @@ class QuantLinear(nn.Module):
         in_features = tensors["g_idx"].numel()
         out_features = tensors["scales"].shape[-1]
         check_tensors(
-            tensors["qweight"], tensors["qzeros"], tensors["scales"], tensors["g_idx"],
-            bits, in_features, out_features, group_size,
+            tensors["qweight"],
+            tensors["qzeros"],
+            tensors["scales"],
+            tensors["g_idx"],
+            bits,
+            in_features,
+            out_features,
+            group_size,
         )
         layer = cls(
-            in_features, out_features, bits, group_size,
-            bias=bias is not None, desc_act=desc_act, sym=sym,
-            dtype=tensors["scales"].dtype, device=tensors["qweight"].device,
-            kernel=kernel, registry=registry,
+            in_features,
+            out_features,
+            bits,
+            group_size,
+            bias=bias is not None,
+            desc_act=desc_act,
+            sym=sym,
+            dtype=tensors["scales"].dtype,
+            device=tensors["qweight"].device,
+            kernel=kernel,
+            registry=registry,
         )
         with torch.no_grad():
             for name in ("qweight", "qzeros", "scales", "g_idx"):
@@ -120,8 +138,13 @@ class QuantLinear(nn.Module):
         quantized = quantize_rtn(linear.weight.detach(), bits, group_size, sym=sym)
         bias = None if linear.bias is None else linear.bias.detach().to(dtype)
         return cls.from_tensors(
-            pack(quantized, scale_dtype=dtype), bits, group_size,
-            bias=bias, sym=sym, kernel=kernel, registry=registry,
+            pack(quantized, scale_dtype=dtype),
+            bits,
+            group_size,
+            bias=bias,
+            sym=sym,
+            kernel=kernel,
+            registry=registry,
         )
 
     # --- running ---------------------------------------------------------------------
@@ -170,7 +193,9 @@ class QuantLinear(nn.Module):
 
     def dequantize_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight in ``nn.Linear`` layout ``[out_features, in_features]``."""
-        weight = dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits, dtype=dtype)
+        weight = dequantize(
+            self.qweight, self.qzeros, self.scales, self.g_idx, self.bits, dtype=dtype
+        )
         return weight.t()
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(): buffers move, rebind

@@ -96,8 +96,7 @@ class Registry:
         if choice is not None:
             if choice not in reasons:
                 raise SelectionError(
-                    f"no {kind} kernel named {choice!r}; installed: "
-                    f"{', '.join(reasons) or 'none'}",
+                    f"no {kind} kernel named {choice!r}; installed: {', '.join(reasons) or 'none'}",
                     {name: reason or "accepts" for name, reason in reasons.items()},
                 )
             if reasons[choice] is None:
@@ -144,7 +143,12 @@ class Registry:
 
         def family(records: dict[str, Any]) -> list[dict[str, Any]]:
             return [
-                {"name": r.name, "plugin": r.plugin, "description": r.description, **r.capabilities()}
+                {
+                    "name": r.name,
+                    "plugin": r.plugin,
+                    "description": r.description,
+                    **r.capabilities(),
+                }
                 for r in records.values()
             ]
 

@@ -65,7 +65,8 @@ def linear_shapes(folder: Path, registry: Registry) -> dict[str, tuple[int, int]
         chosen = {n: s for n, s in shapes.items() if wanted.match(n)}
     else:
         chosen = {
-            n: s for n, s in shapes.items()
+            n: s
+            for n, s in shapes.items()
             if n.endswith(".weight") and len(s) == 2 and _IN_BLOCK.search(n)
         }
     return {name.removesuffix(".weight"): (s[1], s[0]) for name, s in sorted(chosen.items())}

@@ -5,12 +5,19 @@ An architecture plugin's tests subclass :class:`ArchitectureConformance`::
     from transformers import LlamaConfig
     from ferrule_core.testing import ArchitectureConformance
 
+
     class TestLlamaLayout(ArchitectureConformance):
         architecture = "llama"
 
         def tiny_config(self):
-            return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+            return LlamaConfig(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                vocab_size=128,
+            )
 
 The tests build the tiny ``transformers`` model from random weights and check the
 spec's layout against it with :func:`layout_problems`.
@@ -29,7 +36,9 @@ from ferrule_core.registry import Registry
 from ferrule_core.specs import ArchitectureSpec
 
 
-def layout_problems(spec: ArchitectureSpec, model: nn.Module, sample: torch.Tensor | None = None) -> list[str]:
+def layout_problems(
+    spec: ArchitectureSpec, model: nn.Module, sample: torch.Tensor | None = None
+) -> list[str]:
     """Every way ``spec``'s quantization layout disagrees with ``model``.
 
     Checks that the blocks path is a ``ModuleList``, the outside modules exist, each
@@ -43,7 +52,9 @@ def layout_problems(spec: ArchitectureSpec, model: nn.Module, sample: torch.Tens
     except AttributeError:
         return [f"blocks_path {spec.blocks_path!r} does not exist in {type(model).__name__}"]
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
-        return [f"blocks_path {spec.blocks_path!r} is a {type(blocks).__name__}, not a non-empty ModuleList"]
+        return [
+            f"blocks_path {spec.blocks_path!r} is a {type(blocks).__name__}, not a non-empty ModuleList"
+        ]
     for name in spec.outside_modules:
         if not _has_module(model, name):
             problems.append(f"outside module {name!r} does not exist")
@@ -57,7 +68,9 @@ def layout_problems(spec: ArchitectureSpec, model: nn.Module, sample: torch.Tens
                 problems.append(f"block {index}: sub-layer {name!r} does not exist")
             elif name not in linears:
                 kind = type(block.get_submodule(name)).__name__
-                problems.append(f"block {index}: sub-layer {name!r} is a {kind}, not a linear layer")
+                problems.append(
+                    f"block {index}: sub-layer {name!r} is a {kind}, not a linear layer"
+                )
         for name in sorted(linears - set(listed)):
             problems.append(f"block {index}: linear {name!r} is in no sequential group")
     if sample is not None and not problems:
@@ -65,7 +78,9 @@ def layout_problems(spec: ArchitectureSpec, model: nn.Module, sample: torch.Tens
     return problems
 
 
-def _order_problems(spec: ArchitectureSpec, model: nn.Module, block: nn.Module, sample: torch.Tensor) -> list[str]:
+def _order_problems(
+    spec: ArchitectureSpec, model: nn.Module, block: nn.Module, sample: torch.Tensor
+) -> list[str]:
     first_call: dict[str, int] = {}
     handles = []
     for name in spec.quantized_modules:
@@ -85,7 +100,7 @@ def _order_problems(spec: ArchitectureSpec, model: nn.Module, block: nn.Module, 
     if missing:
         return [f"sub-layers {missing} never ran in a forward pass"]
     problems = []
-    for earlier, later in zip(spec.sequential_groups, spec.sequential_groups[1:]):
+    for earlier, later in zip(spec.sequential_groups, spec.sequential_groups[1:], strict=False):
         if max(first_call[n] for n in earlier) > min(first_call[n] for n in later):
             problems.append(
                 f"group {list(later)} runs before group {list(earlier)} finishes; "

@@ -4,6 +4,7 @@ A kernel plugin's tests subclass :class:`KernelConformance` in a few lines::
 
     from ferrule_core.testing import KernelConformance
 
+
     class TestMyKernel(KernelConformance):
         kernel = "my-int4"
         device = "cuda"
@@ -36,8 +37,16 @@ GROUP_SIZES = (-1, 32, 128)
 # ragged last group at 128) and an output width that is no power of two.
 SHAPES = ((256, 64), (160, 96))
 CASES = [
-    pytest.param(bits, group, desc_act, sym, id=f"{bits}b-g{group}-{'act' if desc_act else 'seq'}-{'sym' if sym else 'asym'}")
-    for bits, group, desc_act, sym in itertools.product(BITS, GROUP_SIZES, (False, True), (True, False))
+    pytest.param(
+        bits,
+        group,
+        desc_act,
+        sym,
+        id=f"{bits}b-g{group}-{'act' if desc_act else 'seq'}-{'sym' if sym else 'asym'}",
+    )
+    for bits, group, desc_act, sym in itertools.product(
+        BITS, GROUP_SIZES, (False, True), (True, False)
+    )
 ]
 
 
@@ -81,8 +90,12 @@ def random_gptq_tensors(
 def float64_reference(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     """The oracle: dequantize in float64 on the CPU, then one float64 matmul."""
     weight = dequantize(
-        layer.qweight.cpu(), layer.qzeros.cpu(), layer.scales.cpu(), layer.g_idx.cpu(),
-        layer.bits, dtype=torch.float64,
+        layer.qweight.cpu(),
+        layer.qzeros.cpu(),
+        layer.scales.cpu(),
+        layer.g_idx.cpu(),
+        layer.bits,
+        dtype=torch.float64,
     )
     out = x.detach().cpu().double() @ weight
     if layer.bias is not None:
@@ -124,8 +137,14 @@ class KernelConformance:
         )
         bias = torch.randn(out_features, generator=gen).to(torch.float16)
         layer = QuantLinear.from_tensors(
-            tensors, bits, group_size, bias=bias, desc_act=desc_act, sym=sym,
-            kernel=self.kernel, registry=registry,
+            tensors,
+            bits,
+            group_size,
+            bias=bias,
+            desc_act=desc_act,
+            sym=sym,
+            kernel=self.kernel,
+            registry=registry,
         )
         return layer.to(self.device)
 
@@ -143,19 +162,27 @@ class KernelConformance:
 
     def test_accepts_at_least_one_case(self, registry, spec) -> None:
         accepted = []
-        for bits, group, desc_act, sym in itertools.product(BITS, GROUP_SIZES, (False, True), (True, False)):
+        for bits, group, desc_act, sym in itertools.product(
+            BITS, GROUP_SIZES, (False, True), (True, False)
+        ):
             for shape in self.shapes:
                 layer = self.make_layer(registry, bits, group, desc_act, sym, shape)
                 if any(self.refusal(spec, layer, d) is None for d in self.dtypes):
                     accepted.append((bits, group, desc_act, sym, shape))
-        assert accepted, f"kernel {spec.name!r} accepts none of the conformance cases on {self.device}"
+        assert accepted, (
+            f"kernel {spec.name!r} accepts none of the conformance cases on {self.device}"
+        )
 
     @pytest.mark.parametrize(("bits", "group_size", "desc_act", "sym"), CASES)
-    def test_matches_float64_reference(self, registry, spec, bits, group_size, desc_act, sym) -> None:
+    def test_matches_float64_reference(
+        self, registry, spec, bits, group_size, desc_act, sym
+    ) -> None:
         ran = 0
         reasons = set()
         for shape_index, shape in enumerate(self.shapes):
-            layer = self.make_layer(registry, bits, group_size, desc_act, sym, shape, seed=shape_index)
+            layer = self.make_layer(
+                registry, bits, group_size, desc_act, sym, shape, seed=shape_index
+            )
             for dtype in self.dtypes:
                 reason = self.refusal(spec, layer, dtype)
                 if reason is not None:

@@ -53,7 +53,17 @@ def run(args: argparse.Namespace) -> int:
     x = torch.randn(args.batch, args.in_features, generator=gen)
     dense = x.double() @ weight.double().t()
 
-    header = ("bits", "pack", "weight err", "out err", "reference", "ms", "selected", "ms", "auto err")
+    header = (
+        "bits",
+        "pack",
+        "weight err",
+        "out err",
+        "reference",
+        "ms",
+        "selected",
+        "ms",
+        "auto err",
+    )
     rows = []
     for bits in BITS:
         quantized = quantize_rtn(weight, bits, args.group_size, sym=True)
@@ -62,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
             unpack_cols(tensors["qzeros"], bits), quantized.zeros
         )
         w64 = dequantize(
-            tensors["qweight"], tensors["qzeros"], tensors["scales"], tensors["g_idx"], bits,
+            tensors["qweight"],
+            tensors["qzeros"],
+            tensors["scales"],
+            tensors["g_idx"],
+            bits,
             dtype=torch.float64,
         )
         oracle = x.double() @ w64
@@ -70,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         row.append(_rel(w64.t(), weight.double()))
         row.append(_rel(oracle, dense))
         for choice in ("reference", None):
-            layer = QuantLinear.from_tensors(tensors, bits, args.group_size, kernel=choice, registry=registry)
+            layer = QuantLinear.from_tensors(
+                tensors, bits, args.group_size, kernel=choice, registry=registry
+            )
             with torch.no_grad():
                 layer(x)  # choose the kernel and prepare it outside the timing
                 start = time.perf_counter()
@@ -80,7 +96,19 @@ def run(args: argparse.Namespace) -> int:
                 row.append(layer.kernel_spec.name)
             row.extend([f"{_rel(out.double(), oracle):.1e}", f"{took:.1f}"])
         # row: bits, pack, w err, out err, ref err, ref ms, selected, sel err, sel ms
-        rows.append([row[0], row[1], f"{row[2]:.4f}", f"{row[3]:.4f}", row[4], row[5], row[6], row[8], row[7]])
+        rows.append(
+            [
+                row[0],
+                row[1],
+                f"{row[2]:.4f}",
+                f"{row[3]:.4f}",
+                row[4],
+                row[5],
+                row[6],
+                row[8],
+                row[7],
+            ]
+        )
     print(_table(header, rows))
     print(
         "\nweight err / out err: relative error of the quantized weight and layer output against "
@@ -97,6 +125,6 @@ def _rel(actual: Any, expected: Any) -> float:
 def _table(header: tuple[str, ...], rows: list[list[Any]]) -> str:
     cells = [list(header)] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
