@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import itertools
-import textwrap
+import sys
 from pathlib import Path
 
 import pytest
 
+from ferrule_core.testing import write_plugin_distribution
+
 _counter = itertools.count()
-
-
-@pytest.fixture
-def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Install a fake distribution whose ``ferrule`` entry point names a module of ``source``.
-
-    Returns the entry-point name. The distribution is a ``.dist-info`` folder on
-    ``sys.path``, which is how ``importlib.metadata`` finds installed packages.
-    """
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    def install(name: str, source: str, dist: str | None = None) -> str:
-        module = f"fake_ferrule_plugin_{name}_{next(_counter)}"
-        dist = dist or f"fake-{name}"
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        info = tmp_path / f"{dist.replace('-', '_')}-0.3.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
-        (info / "entry_points.txt").write_text(f"[ferrule]\n{name} = {module}\n")
-        return name
-
-    return install
-
 
 _KERNEL_PLUGIN = """
 from ferrule_core import hookimpl, KernelSpec
@@ -41,6 +20,23 @@ def ferrule_register_kernels():
     return [KernelSpec(name="{kernel}", kind="linear", factory=lambda layer: None,
                        platforms=("cpu",), bits=(4,), priority={priority})]
 """
+
+
+@pytest.fixture
+def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Install a fake distribution ``fake-<name>`` whose entry point ``name`` runs ``source``."""
+    modules = []
+
+    def install(name: str, source: str) -> str:
+        folder = tmp_path / f"site{next(_counter)}"
+        folder.mkdir()
+        monkeypatch.syspath_prepend(str(folder))
+        modules.append(write_plugin_distribution(folder, name, source))
+        return name
+
+    yield install
+    for module in modules:  # the next test may reuse the name with other source
+        sys.modules.pop(module, None)
 
 
 @pytest.fixture

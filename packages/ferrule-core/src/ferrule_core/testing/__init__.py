@@ -4,6 +4,7 @@ Importing it needs pytest and torch (it is for test suites, not for library code
 """
 
 from ferrule_core.testing.architectures import ArchitectureConformance, layout_problems
+from ferrule_core.testing.distributions import write_plugin_distribution
 from ferrule_core.testing.kernels import (
     KernelConformance,
     float64_reference,
@@ -18,4 +19,5 @@ __all__ = [
     "layout_problems",
     "random_gptq_tensors",
     "relative_error",
+    "write_plugin_distribution",
 ]
