@@ -25,9 +25,15 @@ def ferrule(tmp_path: Path):
         for name, source in (plugins or {}).items():
             write_plugin_distribution(site, name, source)
         environ = {**os.environ, **(env or {})}
-        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), environ.get("PYTHONPATH")]))
+        environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(site), environ.get("PYTHONPATH")])
+        )
         return subprocess.run(
-            [sys.executable, "-m", "ferrule", *args], capture_output=True, text=True, env=environ, timeout=600
+            [sys.executable, "-m", "ferrule", *args],
+            capture_output=True,
+            text=True,
+            env=environ,
+            timeout=600,
         )
 
     return run

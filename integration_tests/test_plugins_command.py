@@ -39,7 +39,8 @@ def test_lists_installed_plugins_kernels_and_platform(ferrule):
 
 def test_broken_plugins_do_not_take_the_command_down(ferrule):
     done = ferrule(
-        "plugins", "--json",
+        "plugins",
+        "--json",
         plugins={"broken": BROKEN_IMPORT, "raising": RAISING_HOOK, "typo": TYPO_HOOK},
     )
     assert done.returncode == 0, done.stderr
@@ -50,7 +51,9 @@ def test_broken_plugins_do_not_take_the_command_down(ferrule):
     for name in ("broken", "raising", "typo"):
         assert f"'{name}'" in done.stderr  # a warning names each one
     text = ferrule("plugins", plugins={})
-    assert text.returncode == 0 and "FAILED" in text.stdout and "reference  (from core)" in text.stdout
+    assert (
+        text.returncode == 0 and "FAILED" in text.stdout and "reference  (from core)" in text.stdout
+    )
 
 
 def test_listing_plugins_imports_no_torch():
@@ -66,7 +69,9 @@ def test_listing_plugins_imports_no_torch():
 
 
 def test_allow_list_and_trace(ferrule):
-    done = ferrule("plugins", "--json", env={"FERRULE_LOAD_PLUGINS": "core", "FERRULE_TRACE_PLUGINS": "1"})
+    done = ferrule(
+        "plugins", "--json", env={"FERRULE_LOAD_PLUGINS": "core", "FERRULE_TRACE_PLUGINS": "1"}
+    )
     assert done.returncode == 0, done.stderr
     assert [p["name"] for p in json.loads(done.stdout)["plugins"]] == ["core"]
     assert "skipped plugin cpu" in done.stderr and "core.ferrule_register_kernels()" in done.stderr

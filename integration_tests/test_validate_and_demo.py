@@ -20,3 +20,4 @@ def test_demo_runs_every_bit_width_through_the_selected_kernel(ferrule):
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(" exact ") == 4
     assert "platform: cpu" in done.stdout
+    assert "cpu-int4" in done.stdout  # bf16 activations: the CPU int4 kernel serves 2-4 bits

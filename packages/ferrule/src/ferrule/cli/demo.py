@@ -29,6 +29,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--out-features", type=int, default=2048)
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="rows of the input")
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("bfloat16", "float16", "float32"),
+        help="activation dtype (default bfloat16, which torch's CPU int4/int8 ops vectorize)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
 
@@ -46,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"platform: {platform.name if platform else 'none installed (reference kernel only)'}")
     print(
         f"random linear layer {args.in_features} -> {args.out_features}, "
-        f"group_size {args.group_size}, input {args.batch}x{args.in_features}\n"
+        f"group_size {args.group_size}, input {args.batch}x{args.in_features} {args.dtype}\n"
     )
     gen = torch.Generator().manual_seed(args.seed)
     weight = torch.randn(args.out_features, args.in_features, generator=gen) / args.in_features**0.5
-    x = torch.randn(args.batch, args.in_features, generator=gen)
+    x = torch.randn(args.batch, args.in_features, generator=gen).to(getattr(torch, args.dtype))
     dense = x.double() @ weight.double().t()
 
     header = (
