@@ -50,7 +50,7 @@ class TestLlamaLayoutPassesTheKit(ArchitectureConformance):
         return _tiny_llama_config()
 
     def make_registry(self):
-        return load_plugins(extra=[_TestStack()])
+        return load_plugins(use_entry_points=False, extra=[_TestStack()])
 
 
 @pytest.fixture(scope="module")
