@@ -1,6 +1,12 @@
 """The GPTQ checkpoint format: tensor packing and the reference dequantize (``tensors``), and
 round-to-nearest grids that produce packable weights (``grid``)."""
 
+from ferrule_core.format.checkpoint import (
+    holds_checkpoint,
+    quantized_layers,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ferrule_core.format.grid import QuantizedWeight, fit_grid, pack, quantize_rtn
 from ferrule_core.format.tensors import (
     CHECKPOINT_FORMATS,
@@ -25,11 +31,15 @@ __all__ = [
     "default_g_idx",
     "dequantize",
     "fit_grid",
+    "holds_checkpoint",
     "num_groups",
     "pack",
     "pack_cols",
     "pack_rows",
     "quantize_rtn",
+    "quantized_layers",
+    "read_checkpoint",
+    "save_checkpoint",
     "unpack_cols",
     "unpack_rows",
     "zeros_v1_to_v2",

@@ -11,13 +11,19 @@ from ferrule_core.testing.kernels import (
     random_gptq_tensors,
     relative_error,
 )
+from ferrule_core.testing.oracle import float64_oracle, max_relative_error
+from ferrule_core.testing.tiny_models import train_tokenizer, write_tiny_model
 
 __all__ = [
     "ArchitectureConformance",
     "KernelConformance",
+    "float64_oracle",
     "float64_reference",
     "layout_problems",
+    "max_relative_error",
     "random_gptq_tensors",
     "relative_error",
+    "train_tokenizer",
     "write_plugin_distribution",
+    "write_tiny_model",
 ]

@@ -59,8 +59,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> QuantizeConfig:
+def config_from_args(args: argparse.Namespace, **extra: Any) -> QuantizeConfig:
     return QuantizeConfig(
+        **extra,
         bits=args.bits,
         group_size=args.group_size,
         desc_act=args.desc_act,
