@@ -122,3 +122,9 @@ def test_layer_problems():
         for p in problems
     )
     assert any("out_features=100" in p for p in problems)
+
+
+def test_min_zero_guards_asymmetric_v1_only():
+    assert QuantizeConfig(sym=False).min_zero == 1
+    assert QuantizeConfig(sym=False, checkpoint_format="gptq_v2").min_zero == 0
+    assert QuantizeConfig(sym=True).min_zero == 0

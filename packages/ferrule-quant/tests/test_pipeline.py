@@ -75,7 +75,7 @@ def _float_model(model_dir):
 @pytest.mark.parametrize(
     "config",
     [
-        QuantizeConfig(bits=4, group_size=32),
+        QuantizeConfig(bits=4, group_size=32, sym=False),  # asymmetric in v1: zeros kept >= 1
         QuantizeConfig(
             bits=3, group_size=32, desc_act=True, sym=False, checkpoint_format="gptq_v2"
         ),
@@ -84,7 +84,7 @@ def _float_model(model_dir):
         ),
         QuantizeConfig(bits=8, group_size=64, quant_method="rtn"),
     ],
-    ids=["4b-g32", "3b-act-asym-v2", "4b-perchannel-static-nonseq", "8b-rtn"],
+    ids=["4b-g32-asym-v1", "3b-act-asym-v2", "4b-perchannel-static-nonseq", "8b-rtn"],
 )
 def test_quantized_checkpoint_loads_back_with_oracle_logits(tmp_path, model_dir, registry, config):
     report = quantize_model(

@@ -49,10 +49,18 @@ def test_dtype_and_scale_dtype():
     assert torch.equal(scales.half().float(), scales)
 
 
-def test_non_negative_asymmetric_groups_need_the_v2_format():
-    weight = torch.rand(32, 64) + 0.01  # every group >= 0: zero point 0
-    result = rtn_quantize(weight, QuantizeConfig(bits=4, group_size=32, sym=False))
-    assert bool((result.quantized.zeros == 0).all())
-    pack(result.quantized, checkpoint_format="gptq_v2")
+def test_non_negative_asymmetric_groups_keep_zero_points_v1_can_store():
+    weight = torch.rand(32, 64) + 0.01  # every group >= 0: the plain grid's zero point is 0
+    v2 = rtn_quantize(
+        weight, QuantizeConfig(bits=4, group_size=32, sym=False, checkpoint_format="gptq_v2")
+    )
+    assert bool((v2.quantized.zeros == 0).all())
+    pack(v2.quantized, checkpoint_format="gptq_v2")
     with pytest.raises(FormatError, match="gptq_v2"):
-        pack(result.quantized, checkpoint_format="gptq")
+        pack(v2.quantized, checkpoint_format="gptq")
+    # v1 (the default format): zero points stay >= 1, the scale widens, nothing is clipped
+    v1 = rtn_quantize(weight, QuantizeConfig(bits=4, group_size=32, sym=False))
+    assert bool((v1.quantized.zeros == 1).all())
+    pack(v1.quantized, checkpoint_format="gptq")
+    step = v1.quantized.scales.repeat_interleave(32, dim=0).t()
+    assert bool(((v1.weight - weight).abs() <= step / 2 + 1e-6).all())

@@ -73,6 +73,17 @@ class QuantizeConfig:
         if problems:
             raise ConfigError(problems)
 
+    @property
+    def min_zero(self) -> int:
+        """The smallest zero point the grids may use: 1 for asymmetric v1 checkpoints, else 0.
+
+        v1 (``gptq``) stores ``zero - 1``, and engines read it back as ``stored + 1``
+        without wrapping, so a zero point of 0 would come back as ``2**bits``. Asymmetric
+        grids written as v1 therefore keep their zero point at 1 or above (a group whose
+        values are all >= 0 gets a slightly wider scale instead); ``gptq_v2`` has no limit.
+        """
+        return 1 if (not self.sym and self.checkpoint_format == "gptq") else 0
+
     def problems(self) -> list[str]:
         """Every rule this config breaks, each with the value and a valid suggestion."""
         found = []

@@ -102,7 +102,12 @@ def gptq_quantize(
 
     def fit(g: int, columns: Tensor) -> None:
         scales[g], zeros[g] = find_params(
-            columns, config.bits, config.sym, mse=mse, scale_dtype=scale_dtype
+            columns,
+            config.bits,
+            config.sym,
+            mse=mse,
+            scale_dtype=scale_dtype,
+            min_zero=config.min_zero,
         )
 
     fitted_up_front = config.static_groups or config.group_size == -1

@@ -70,6 +70,7 @@ def find_params(
     grid: int = 100,
     max_shrink: float = 0.8,
     scale_dtype: torch.dtype | None = None,
+    min_zero: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Grid of each row of ``weight [rows, cols]``: ``(scale [rows] float32, zero [rows])``.
 
@@ -86,7 +87,7 @@ def find_params(
             f"max_shrink={max_shrink}; the reference uses grid=100, max_shrink=0.8"
         )
     w = weight.to(torch.float32)
-    scale, zero = fit_grid(w, bits, sym)
+    scale, zero = fit_grid(w, bits, sym, min_zero=min_zero)
     scale, zero = round_scale(scale.to(torch.float32), scale_dtype), zero.to(torch.float32)
     if not mse:
         return scale, zero

@@ -33,7 +33,9 @@ def quantize_linear(
     """Quantize ``linear`` with ``method``; returns its GPTQ tensors (v2 zeros) and stats."""
     start = time.perf_counter()
     original = linear.weight.data.clone()
-    result = method.quantize_layer(original, hessian, config, **options)
+    result = method.quantize_layer(
+        original, hessian, config, scale_dtype=SCALE_DTYPE, name=name, **options
+    )
     packed = pack(result.quantized, checkpoint_format="gptq_v2", scale_dtype=SCALE_DTYPE)
     apply_packed(linear, packed, config.bits)
     stats = {

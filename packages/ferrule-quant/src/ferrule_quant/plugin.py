@@ -31,6 +31,7 @@ def quantize_layer_rtn(weight, hessian, config: QuantizeConfig, **options: Any):
     """Round-to-nearest of one layer; ``hessian`` is ignored (``None`` is expected)."""
     from ferrule_quant.rtn import rtn_quantize
 
+    options.pop("name", None)  # labels GPTQ's damping messages; RTN has none
     return rtn_quantize(weight, config, **options)
 
 

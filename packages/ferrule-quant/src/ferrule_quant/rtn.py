@@ -46,7 +46,12 @@ def rtn_quantize(
     for g in range(groups):
         part = W[:, g * group : (g + 1) * group]
         scales[g], zeros[g] = find_params(
-            part, config.bits, config.sym, mse=mse, scale_dtype=scale_dtype
+            part,
+            config.bits,
+            config.sym,
+            mse=mse,
+            scale_dtype=scale_dtype,
+            min_zero=config.min_zero,
         )
         codes[g * group : (g + 1) * group] = quantize_to_grid(part, scales[g], zeros[g], maxq).t()
     quantized = QuantizedWeight(

@@ -43,7 +43,9 @@ class QuantizedWeight:
     group_size: int
 
 
-def _grid(xmin: Tensor, xmax: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
+def _grid(
+    xmin: Tensor, xmax: Tensor, bits: int, sym: bool, min_zero: int = 0
+) -> tuple[Tensor, Tensor]:
     maxq = (1 << bits) - 1
     xmin = xmin.clamp(max=0)
     xmax = xmax.clamp(min=0)
@@ -57,7 +59,14 @@ def _grid(xmin: Tensor, xmax: Tensor, bits: int, sym: bool) -> tuple[Tensor, Ten
     if sym:
         zero = torch.full_like(scale, (maxq + 1) // 2, dtype=torch.int32)
     else:
-        zero = torch.round(-xmin / scale).clamp(0, maxq).to(torch.int32)
+        zero = torch.round(-xmin / scale).clamp(0, maxq)
+        if min_zero:
+            # Raise the zero point to ``min_zero`` and widen the scale so that the top of
+            # the range still fits: [xmin, xmax] lies within [-min_zero, maxq - min_zero] * s.
+            low = zero < min_zero
+            zero = torch.where(low, float(min_zero), zero)
+            scale = torch.where(low, (xmax / (maxq - min_zero)).clamp(min=scale), scale)
+        zero = zero.to(torch.int32)
     return scale, zero
 
 
@@ -72,19 +81,27 @@ def _compute_dtype(weight: Tensor, what: str) -> torch.dtype:
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
-def fit_grid(weight: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
+def fit_grid(weight: Tensor, bits: int, sym: bool, *, min_zero: int = 0) -> tuple[Tensor, Tensor]:
     """Min/max grid of each row of ``weight [rows, cols]``: ``(scale [rows], zero [rows] int32)``.
 
     Asymmetric: ``scale = (max - min) / maxq``, ``zero = round(-min / scale)``. Symmetric:
     ``scale = 2 * amax / maxq``, ``zero = 2**(bits-1)``. See the module docstring for guards.
+    ``min_zero=1`` keeps asymmetric zero points off 0, which v1 checkpoints cannot store
+    (see :attr:`ferrule_core.QuantizeConfig.min_zero`).
     """
     _check_bits(bits)
     w = weight.to(_compute_dtype(weight, "fit_grid"))
-    return _grid(w.amin(dim=1), w.amax(dim=1), bits, sym)
+    return _grid(w.amin(dim=1), w.amax(dim=1), bits, sym, min_zero)
 
 
 def quantize_rtn(
-    weight: Tensor, bits: int, group_size: int, sym: bool = True, g_idx: Tensor | None = None
+    weight: Tensor,
+    bits: int,
+    group_size: int,
+    sym: bool = True,
+    g_idx: Tensor | None = None,
+    *,
+    min_zero: int = 0,
 ) -> QuantizedWeight:
     """Round ``weight`` (``nn.Linear`` layout ``[N, K]``) to nearest on each group's grid.
 
@@ -113,7 +130,7 @@ def quantize_rtn(
     start = torch.zeros(groups, out_features, dtype=compute, device=weight.device)
     gmin = start.scatter_reduce(0, index, wt, "amin")  # include_self: the range includes 0
     gmax = start.scatter_reduce(0, index, wt, "amax")
-    scales, zeros = _grid(gmin, gmax, bits, sym)
+    scales, zeros = _grid(gmin, gmax, bits, sym, min_zero)
     codes = torch.round(wt / scales[rows]) + zeros[rows]
     codes = codes.clamp(0, (1 << bits) - 1).to(torch.int32)
     return QuantizedWeight(codes, zeros, scales, g_idx.to(torch.int32), bits, group_size)
