@@ -131,3 +131,33 @@ def test_killing_quantize_and_rerunning_finishes_with_identical_tensors(tmp_path
     )
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+
+
+@pytest.mark.gpu
+def test_quantize_on_cuda_and_serve_the_checkpoint_on_cuda(tmp_path, registry):
+    model_dir = write_tiny_model(tmp_path / "float", FAMILIES["llama"]())
+    config = QuantizeConfig(bits=4, group_size=32, desc_act=True)
+    report = quantize_model(
+        model_dir,
+        tmp_path / "q",
+        config,
+        calibration=CALIBRATION,
+        registry=registry,
+        device="cuda",
+        progress=False,
+    )
+    assert report.peak_gpu_bytes and report.peak_gpu_bytes > 0
+    float_model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32
+    ).eval()
+    with torch.no_grad():
+        want = float64_oracle(float_model, tmp_path / "q")(IDS).logits
+        on_cpu = load_quantized_model(tmp_path / "q", dtype=torch.float32, registry=registry)(
+            IDS
+        ).logits
+        cuda_model = load_quantized_model(
+            tmp_path / "q", dtype=torch.float16, device="cuda", registry=registry
+        )
+        on_cuda = cuda_model(IDS.cuda()).logits
+    assert max_relative_error(on_cpu, want) < 1e-4
+    assert max_relative_error(on_cuda.float().cpu(), want) < 2e-2

@@ -28,6 +28,10 @@ class _Captured(Exception):
     """Raised by the capture hook to stop the forward pass at the first block."""
 
 
+class StopBlock(Exception):
+    """Raised by a hook once the rest of a block's forward pass is not needed."""
+
+
 def move_outside_blocks(model: nn.Module, blocks_path: str, device: torch.device | str) -> None:
     """Move every parameter and buffer that is not inside the decoder blocks to ``device``.
 
@@ -79,9 +83,15 @@ def capture_block_inputs(
 
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
-    """The block's output hidden states for every recorded batch."""
+    """The block's output hidden states for every recorded batch.
+
+    A batch whose pass a hook ends with :class:`StopBlock` contributes no output.
+    """
     outputs = []
     for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs, strict=True):
-        out = block(hidden, *args, **kwargs)
+        try:
+            out = block(hidden, *args, **kwargs)
+        except StopBlock:
+            continue
         outputs.append(out[0] if isinstance(out, tuple | list) else out)
     return outputs

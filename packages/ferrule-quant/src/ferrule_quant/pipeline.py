@@ -27,10 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ferrule_core import QuantizeConfig, load_plugins
+from ferrule_core import ArchitectureSpec, QuantizeConfig, QuantMethodSpec, load_plugins
 from ferrule_core.format import holds_checkpoint, save_checkpoint
 from ferrule_core.registry import Registry
-from ferrule_quant.blocks import BlockInputs, capture_block_inputs, move_outside_blocks, run_block
+from ferrule_quant.blocks import (
+    BlockInputs,
+    StopBlock,
+    capture_block_inputs,
+    move_outside_blocks,
+    run_block,
+)
 from ferrule_quant.calibration import calibration_ids, fingerprint
 from ferrule_quant.hessian import HessianAccumulator
 from ferrule_quant.layer import TENSOR_NAMES, apply_packed, quantize_linear
@@ -68,7 +74,6 @@ def quantize_model(
     """Quantize the model in ``model_dir`` into a GPTQ checkpoint in ``out_dir``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     registry = registry if registry is not None else load_plugins()
     model_config = json.loads((model_dir / "config.json").read_text())
@@ -80,30 +85,68 @@ def quantize_model(
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-    model.config.use_cache = False
-    blocks = model.get_submodule(arch.blocks_path)
-    groups = arch.sequential_groups if config.true_sequential else (arch.quantized_modules,)
-
-    manifest: dict[str, Any] = {
-        "model_dir": str(model_dir.resolve()),
-        "config": config.to_dict(),
-        "method": spec.name,
-        "dtype": str(dtype),
-        "mse": mse,
-    }
-    inputs = None
+    ids = None
     if spec.needs_calibration:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         ids = calibration_ids(
-            tokenizer,
+            AutoTokenizer.from_pretrained(model_dir),
             calibration.source,
             num_samples=calibration.num_samples,
             seq_len=calibration.seq_len,
             seed=calibration.seed,
         )
-        manifest["calibration"] = fingerprint(ids)
+    model_config.pop("quantization_config", None)
+    return quantize_loaded(
+        model,
+        out_dir,
+        config,
+        arch=arch,
+        method=spec,
+        ids=ids,
+        device=device,
+        model_config=model_config,
+        source=model_dir,
+        batch_size=calibration.batch_size,
+        mse=mse,
+        overwrite=overwrite,
+        restart=restart,
+        max_shard_size=max_shard_size,
+        progress=progress,
+    )
+
+
+def quantize_loaded(
+    model: nn.Module,
+    out_dir: str | Path,
+    config: QuantizeConfig,
+    *,
+    arch: ArchitectureSpec,
+    method: QuantMethodSpec,
+    ids: torch.Tensor | None,
+    device: torch.device,
+    model_config: dict[str, Any],
+    source: Path | None = None,
+    batch_size: int = 1,
+    mse: bool = False,
+    overwrite: bool = False,
+    restart: bool = False,
+    max_shard_size: int | str = "4GB",
+    progress: bool = True,
+) -> QuantizeReport:
+    """Quantize a model already in memory (on the CPU) with calibration ids ``[S, L]``."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    model.config.use_cache = False
+    blocks = model.get_submodule(arch.blocks_path)
+    groups = arch.sequential_groups if config.true_sequential else (arch.quantized_modules,)
+    manifest: dict[str, Any] = {
+        "model": str(source.resolve()) if source else model_config.get("_name_or_path"),
+        "config": config.to_dict(),
+        "method": method.name,
+        "dtype": str(next(model.parameters()).dtype),
+        "mse": mse,
+        "calibration": None if ids is None else fingerprint(ids),
+    }
     work = WorkArea(out_dir, manifest)
     if restart:
         work.remove()
@@ -113,12 +156,15 @@ def quantize_model(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    if spec.needs_calibration:
+    phases = {"capture": 0.0}
+    inputs = None
+    if method.needs_calibration:
+        if ids is None:
+            raise ValueError(f"the {method.name} method needs calibration ids")
         move_outside_blocks(model, arch.blocks_path, device)
-        inputs = capture_block_inputs(
-            model, blocks, ids, batch_size=calibration.batch_size, device=device
-        )
+        inputs = capture_block_inputs(model, blocks, ids, batch_size=batch_size, device=device)
         move_outside_blocks(model, arch.blocks_path, "cpu")
+        phases["capture"] = _since(start, device)
 
     quantized: dict[str, torch.Tensor] = {}
     layers: list[LayerStats] = []
@@ -130,7 +176,9 @@ def quantize_model(
             tensors, stats = work.load_block(index)
             _apply_block(block, prefix, tensors, config.bits)
         else:
-            tensors, stats = _quantize_block(block, prefix, groups, inputs, spec, config, mse, bar)
+            tensors, stats = _quantize_block(
+                block, prefix, groups, inputs, method, config, mse, bar
+            )
             work.save_block(index, tensors, stats)
         quantized.update(tensors)
         layers.extend(LayerStats.from_dict(s) for s in stats)
@@ -140,26 +188,28 @@ def quantize_model(
         bar.update(1)
     bar.close()
     del inputs
+    phases["blocks"] = _since(start, device) - phases["capture"]
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
-    state = _checkpoint_state(model, quantized)
-    model_config.pop("quantization_config", None)
     save_checkpoint(
         out_dir,
-        state,
+        _checkpoint_state(model, quantized),
         config,
         model_config=model_config,
-        source=model_dir,
+        source=source,
         max_shard_size=max_shard_size,
         overwrite=overwrite,
     )
     work.remove()
+    phases["save"] = _since(start, device) - phases["capture"] - phases["blocks"]
     return QuantizeReport(
-        method=spec.name,
+        method=method.name,
         layers=layers,
         seconds=time.perf_counter() - start,
         resumed_blocks=len(done),
-        peak_gpu_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        peak_gpu_bytes=peak,
         output=str(out_dir),
+        phase_seconds=phases,
     )
 
 
@@ -187,26 +237,34 @@ def _collect_hessians(
     """Run ``block`` on ``inputs`` and accumulate the Hessian of each linear's inputs.
 
     Sub-layers fed the very same tensor (q, k and v read one normalized hidden state)
-    share one accumulator, so the product is computed once.
+    share one accumulator, so the product is computed once. Once every sub-layer of the
+    group has seen a batch, the rest of the block is skipped for that batch.
     """
     accumulators: dict[str, HessianAccumulator] = {}
     same_as: dict[str, str] = {}
     first_input: dict[str, tuple[int, tuple[int, ...]]] = {}
+    pending = set(linears)
+
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        if name not in first_input:
+            key = (x.data_ptr(), tuple(x.shape))
+            twin = next((n for n, k in first_input.items() if k == key), None)
+            first_input[name] = key
+            if twin is not None:
+                same_as[name] = same_as.get(twin, twin)
+        if name in same_as:
+            return
+        if name not in accumulators:
+            accumulators[name] = HessianAccumulator(x.shape[-1], device=x.device)
+        accumulators[name].add_batch(x.detach())
 
     def hook(name):
         def record(_module, args, _output):
-            x = args[0]
-            if name not in first_input:
-                key = (x.data_ptr(), tuple(x.shape))
-                twin = next((n for n, k in first_input.items() if k == key), None)
-                first_input[name] = key
-                if twin is not None:
-                    same_as[name] = same_as.get(twin, twin)
-            if name in same_as:
-                return
-            if name not in accumulators:
-                accumulators[name] = HessianAccumulator(x.shape[-1], device=x.device)
-            accumulators[name].add_batch(x.detach())
+            accumulate(name, args[0])
+            pending.discard(name)
+            if not pending:  # the whole group has seen this batch
+                pending.update(linears)
+                raise StopBlock
 
         return record
 
@@ -240,6 +298,12 @@ def _checkpoint_state(
     state = {k: v for k, v in model.state_dict().items() if k not in replaced}
     state.update(quantized)
     return state
+
+
+def _since(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def _progress(total: int, enabled: bool):

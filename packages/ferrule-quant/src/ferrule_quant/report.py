@@ -36,6 +36,7 @@ class QuantizeReport:
     resumed_blocks: int = 0
     peak_gpu_bytes: int | None = None
     output: str = ""
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # capture, blocks, save
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
