@@ -214,3 +214,16 @@ def test_the_weight_stays_untouched_and_the_device_is_kept():
     result = gptq_quantize(weight, hessian, QuantizeConfig(bits=4, desc_act=True))
     assert torch.equal(weight, before) and torch.equal(hessian, h_before)
     assert result.weight.device == weight.device
+
+
+def test_stacked_layers_sharing_a_hessian_quantize_as_each_alone():
+    """Why the pipeline may stack q, k and v: GPTQ's rows are independent given H."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(512, 64, generator=gen) @ torch.randn(64, 64, generator=gen)
+    hessian = 2 * x.t() @ x / x.shape[0]
+    first, second = torch.randn(48, 64, generator=gen), torch.randn(16, 64, generator=gen)
+    config = QuantizeConfig(bits=3, group_size=32, desc_act=True, sym=False)
+    both = gptq_quantize(torch.cat([first, second]), hessian, config)
+    alone = [gptq_quantize(w, hessian, config) for w in (first, second)]
+    assert torch.equal(both.quantized.codes, torch.cat([a.quantized.codes for a in alone], dim=1))
+    assert torch.equal(both.weight, torch.cat([a.weight for a in alone]))

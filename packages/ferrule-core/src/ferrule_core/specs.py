@@ -174,19 +174,26 @@ class QuantMethodSpec:
     """A quantization method (``gptq``, ``rtn``).
 
     ``config_type`` is the config dataclass the method accepts; ``quantize_layer`` is
-    the per-layer function the calibration pipeline calls.
+    the per-layer function the calibration pipeline calls. ``row_separable`` says that the
+    method quantizes each output row independently given the Hessian, so layers reading
+    the same input (q, k, v) may be stacked into one call with the same result.
     """
 
     name: str
     quantize_layer: Callable[..., Any]
     config_type: type | None = None
     needs_calibration: bool = True
+    row_separable: bool = False
     description: str = ""
     plugin: str = ""
 
     def capabilities(self) -> dict[str, Any]:
         config = None if self.config_type is None else self.config_type.__name__
-        return {"config_type": config, "needs_calibration": self.needs_calibration}
+        return {
+            "config_type": config,
+            "needs_calibration": self.needs_calibration,
+            "row_separable": self.row_separable,
+        }
 
 
 @dataclass(frozen=True)

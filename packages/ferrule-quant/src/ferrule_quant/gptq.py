@@ -24,20 +24,22 @@ as little as possible. As in the paper's reference implementation:
   columns as they are then: not yet quantized, with every earlier column's error applied.
   Deviation: the reference reads those columns from the block-stale matrix, so a boundary
   inside a block (group_size < block_size) misses the errors of the block's earlier columns;
-  here they are included (see :func:`_current_columns`).
+  here blocks start at group boundaries, so they are included.
+- The column loop inside a block is :func:`ferrule_quant.sweep.sweep` (a CUDA graph on GPUs).
 - ``loss`` is the reference's ``sum((w - q)**2 / U[i, i]**2) / 2``. For the total change
   ``E = W - Q`` it equals ``tr(E (H + damp I) E^T) / 2``: with ``H = 2/n X^T X``, the mean
   squared output error per token ``||X E^T||^2 / n`` plus the damping term.
 
 Zero points: min/max grids contain 0 (as the reference), so an asymmetric group whose weights
-are all >= 0 gets zero point 0. That is a valid v2 (``gptq_v2``) zero; the v1 ``gptq`` format
-stores ``z - 1`` and cannot hold it for readers that do not wrap, which
-:func:`ferrule_core.format.grid.pack` reports at save time. Nothing here depends on it.
+are all >= 0 gets zero point 0, a valid v2 (``gptq_v2``) zero. The v1 ``gptq`` format stores
+``z - 1`` and cannot hold it for readers that do not wrap, so asymmetric configs written as v1
+fit grids with zero points of at least 1 (``QuantizeConfig.min_zero``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +49,8 @@ from ferrule_core.config import QuantizeConfig
 from ferrule_core.errors import FerruleError
 from ferrule_core.format.grid import QuantizedWeight
 from ferrule_core.format.tensors import num_groups
-from ferrule_quant.grid import find_params, round_codes
+from ferrule_quant.grid import find_params
+from ferrule_quant.sweep import sweep
 
 logger = logging.getLogger("ferrule.quant")
 
@@ -121,30 +124,25 @@ def gptq_quantize(
         W, H = W[:, perm], H[perm][:, perm]
     # group of the column quantized at each step; g_idx is this in the original order
     step_group = (perm if config.static_groups else position) // group
-    groups_of = step_group.tolist()
 
     U, damp_percent = _inverse_hessian_factor(H, config.damp_percent, label)
+    # Grids are fitted where groups start, on columns carrying every earlier column's error.
+    # Blocks start at every group start, so each fit happens between blocks, where the lazy
+    # updates have reached the whole matrix (the result does not depend on the block size).
+    step = block_size if fitted_up_front else math.gcd(block_size, group)
     codes = torch.zeros_like(W)
     loss = W.new_zeros(())
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            column = i1 + i
-            if not fitted_up_front and column % group == 0:
-                end = min(column + group, cols)
-                fit(column // group, _current_columns(W, W1, Err1, U, i1, i, end))
-            scale, zero = scales[groups_of[column]], zeros[groups_of[column]]
-            w = W1[:, i]
-            q = round_codes(w, scale, zero, maxq)
-            codes[:, column] = q
-            err = (w - (q - zero) * scale) / U1[i, i]
-            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-            Err1[:, i] = err
-        loss += Err1.square().sum() / 2
-        W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
+    for i1 in range(0, cols, step):
+        i2 = min(i1 + step, cols)
+        if not fitted_up_front and i1 % group == 0:
+            fit(i1 // group, W[:, i1 : min(i1 + group, cols)])
+        block_groups = step_group[i1:i2]
+        q, err = sweep(
+            W[:, i1:i2], U[i1:i2, i1:i2], scales[block_groups], zeros[block_groups], maxq
+        )
+        codes[:, i1:i2] = q
+        loss += err.square().sum() / 2
+        W[:, i2:].addmm_(err, U[i1:i2, i2:], alpha=-1)
 
     g_idx = torch.empty_like(step_group)
     g_idx[perm] = step_group
@@ -169,24 +167,6 @@ def dequantize_weight(q: QuantizedWeight, dtype: torch.dtype) -> Tensor:
     g = q.g_idx.long()
     weight = (q.codes - q.zeros[g]).to(torch.float32) * q.scales[g].to(torch.float32)
     return weight.t().to(dtype)
-
-
-def _current_columns(
-    W: Tensor, W1: Tensor, Err1: Tensor, U: Tensor, i1: int, i: int, end: int
-) -> Tensor:
-    """Columns ``[i1 + i, end)`` with the errors of every column quantized so far applied.
-
-    Inside the block they are ``W1``'s; beyond it ``W`` still lacks the lazy update of the
-    block's first ``i`` columns, which is applied here to a copy.
-    """
-    i2 = i1 + W1.shape[1]
-    inside = W1[:, i : min(end, i2) - i1]
-    if end <= i2:
-        return inside
-    beyond = W[:, i2:end]
-    if i:
-        beyond = beyond - Err1[:, :i] @ U[i1 : i1 + i, i2:end]
-    return torch.cat([inside, beyond], dim=1)
 
 
 def _inverse_hessian_factor(H: Tensor, damp_percent: float, label: str) -> tuple[Tensor, float]:

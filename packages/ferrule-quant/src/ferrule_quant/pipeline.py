@@ -39,7 +39,7 @@ from ferrule_quant.blocks import (
 )
 from ferrule_quant.calibration import calibration_ids, fingerprint
 from ferrule_quant.hessian import HessianAccumulator
-from ferrule_quant.layer import TENSOR_NAMES, apply_packed, quantize_linear
+from ferrule_quant.layer import TENSOR_NAMES, apply_packed, quantize_linears
 from ferrule_quant.report import LayerStats, QuantizeReport
 from ferrule_quant.workarea import WorkArea
 
@@ -221,13 +221,16 @@ def _quantize_block(
     for group in groups:
         linears = {name: block.get_submodule(name) for name in group}
         hessians = _collect_hessians(block, linears, inputs) if inputs is not None else {}
-        for name, linear in linears.items():
-            bar.set_postfix_str(f"{prefix}.{name}")
-            packed, layer_stats = quantize_linear(
-                f"{prefix}.{name}", linear, hessians.pop(name, None), spec, config, mse=mse
-            )
-            tensors.update({f"{prefix}.{name}.{key}": value for key, value in packed.items()})
-            stats.append(layer_stats)
+        for members in _by_hessian(linears, hessians):
+            bar.set_postfix_str(f"{prefix}.{'+'.join(members)}")
+            hessian = hessians.get(next(iter(members)))
+            packed, layer_stats = quantize_linears(members, hessian, spec, config, mse=mse)
+            for name, parts in packed.items():
+                tensors.update({f"{prefix}.{name}.{key}": value for key, value in parts.items()})
+            for entry in layer_stats:
+                entry["name"] = f"{prefix}.{entry['name']}"
+            stats.extend(layer_stats)
+        hessians.clear()
     return tensors, stats
 
 
@@ -278,6 +281,17 @@ def _collect_hessians(
     for name, twin in same_as.items():
         hessians[name] = hessians[twin]
     return hessians
+
+
+def _by_hessian(
+    linears: dict[str, nn.Module], hessians: dict[str, torch.Tensor]
+) -> list[dict[str, nn.Module]]:
+    """The group's linears, those sharing one Hessian (one input) together, in order."""
+    batches: dict[int, dict[str, nn.Module]] = {}
+    for name, linear in linears.items():
+        key = id(hessians[name]) if name in hessians else id(linear)
+        batches.setdefault(key, {})[name] = linear
+    return list(batches.values())
 
 
 def _apply_block(

@@ -43,6 +43,7 @@ def ferrule_register_quant_methods():
             quantize_layer=quantize_layer_gptq,
             config_type=QuantizeConfig,
             needs_calibration=True,
+            row_separable=True,
             description="GPTQ (Frantar et al. 2022): second-order error feedback from "
             "calibration inputs; act-order, static groups, damping",
         ),
@@ -51,6 +52,7 @@ def ferrule_register_quant_methods():
             quantize_layer=quantize_layer_rtn,
             config_type=QuantizeConfig,
             needs_calibration=False,
+            row_separable=True,
             description="round-to-nearest on per-group min/max (or MSE) grids; no data needed",
         ),
     ]
