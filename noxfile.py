@@ -36,6 +36,8 @@ CONSTRAINTS = ("-c", "constraints/cpu.txt")
 CORE = "ferrule-core"
 RUFF = "ruff==0.17.6"  # pinned: a new ruff release may reformat code that passed yesterday
 TEST_DEPS = ("pytest", "pytest-cov", "pytest-timeout", "transformers", "safetensors", "numpy")
+# transformers' GGUF loader, for building the real model once (ferrule.assets.real_model)
+REAL_MODEL_DEPS = ("gguf>=0.10.0", "accelerate>=1.1.0")
 TEST_TIMEOUT = "--timeout=900"  # seconds per test: a hung test fails instead of eating CI's 90 min
 # Tests never reach the Hugging Face Hub: tiny models are built or shipped locally.
 TEST_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -150,7 +152,7 @@ def integration(session: nox.Session) -> None:
     """Tests that cross packages: quantize -> save -> load -> serve, a real client, TP."""
     if not any((ROOT / "integration_tests").rglob("test_*.py")):
         session.skip("integration_tests/ holds no tests yet")
-    install_workspace(session)
+    install_workspace(session, *REAL_MODEL_DEPS)
     args = list(session.posargs) or ["-m", "not gpu"]
     targets = [] if _names_a_path(args) else ["integration_tests"]
     session.run("pytest", TEST_TIMEOUT, *targets, *args, env=TEST_ENV)
@@ -158,10 +160,20 @@ def integration(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """What a new user sees: the installed plugins, then the end-to-end demo."""
-    install_workspace(session)
+    """The main job: the installed plugins, then a real model quantized and evaluated."""
+    install_workspace(session, *REAL_MODEL_DEPS)
     session.run("ferrule", "plugins", env=TEST_ENV)
     session.run("ferrule", "demo", *session.posargs, env=TEST_ENV)
+
+
+@nox.session(default=False)
+def quality(session: nox.Session) -> None:
+    """The full perplexity table on the real model, written into docs/benchmarks.md."""
+    install_workspace(session, *REAL_MODEL_DEPS)
+    session.run(
+        "ferrule", "demo", "--full", "--markdown", "docs/benchmarks.md", *session.posargs,
+        env=TEST_ENV,
+    )
 
 
 @nox.session(venv_backend="none")

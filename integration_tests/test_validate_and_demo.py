@@ -16,7 +16,7 @@ def test_validate_on_the_cpu_platform(ferrule):
 
 
 def test_demo_runs_every_bit_width_through_the_selected_kernel(ferrule):
-    done = ferrule("demo", "--in-features", "512", "--out-features", "256")
+    done = ferrule("check-kernels", "--in-features", "512", "--out-features", "256")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(" exact ") == 4
     assert "platform: cpu" in done.stdout

@@ -124,6 +124,11 @@ def test_validate_model_folder_errors(tmp_path, capsys):
 
 
 def test_demo_round_trips_every_bit_width(capsys):
-    assert main(["demo", "--in-features", "256", "--out-features", "64", "--group-size", "64"]) == 0
+    assert (
+        main(
+            ["check-kernels", "--in-features", "256", "--out-features", "64", "--group-size", "64"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count(" exact ") == 4 and "MISMATCH" not in out

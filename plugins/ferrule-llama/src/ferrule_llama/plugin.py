@@ -13,21 +13,12 @@ rename this spec's empty ``weight_map`` does not yet carry.
 
 from __future__ import annotations
 
-from ferrule_core import ArchitectureSpec, hookimpl
+from ferrule_core import hookimpl
+from ferrule_core.layouts import llama_like
 
-LLAMA = ArchitectureSpec(
-    name="llama",
-    model_types=("llama", "internlm3"),
-    blocks_path="model.layers",
-    outside_modules=("model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head"),
-    sequential_groups=(
-        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        ("self_attn.o_proj",),
-        ("mlp.gate_proj", "mlp.up_proj"),
-        ("mlp.down_proj",),
-    ),
-    engine_model=None,  # the engine model lands with ferrule-engine
-    weight_map={},
+LLAMA = llama_like(
+    "llama",
+    ("llama", "internlm3"),
     description="Llama 1/2/3.x family (and InternLM3, which transformers runs as Llama)",
 )
 

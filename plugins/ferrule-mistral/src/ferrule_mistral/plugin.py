@@ -11,21 +11,12 @@ attention scaling, shipped as a vision-language model) is not claimed.
 
 from __future__ import annotations
 
-from ferrule_core import ArchitectureSpec, hookimpl
+from ferrule_core import hookimpl
+from ferrule_core.layouts import llama_like
 
-MISTRAL = ArchitectureSpec(
-    name="mistral",
-    model_types=("mistral", "ministral"),
-    blocks_path="model.layers",
-    outside_modules=("model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head"),
-    sequential_groups=(
-        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        ("self_attn.o_proj",),
-        ("mlp.gate_proj", "mlp.up_proj"),
-        ("mlp.down_proj",),
-    ),
-    engine_model=None,  # the engine model lands with ferrule-engine
-    weight_map={},
+MISTRAL = llama_like(
+    "mistral",
+    ("mistral", "ministral"),
     description="Mistral 7B / Mistral Small / Mistral NeMo family and Ministral (dense)",
 )
 

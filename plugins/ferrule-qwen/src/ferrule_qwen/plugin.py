@@ -12,21 +12,12 @@ multimodal one.
 
 from __future__ import annotations
 
-from ferrule_core import ArchitectureSpec, hookimpl
+from ferrule_core import hookimpl
+from ferrule_core.layouts import llama_like
 
-QWEN = ArchitectureSpec(
-    name="qwen",
-    model_types=("qwen2", "qwen3"),
-    blocks_path="model.layers",
-    outside_modules=("model.embed_tokens", "model.rotary_emb", "model.norm", "lm_head"),
-    sequential_groups=(
-        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        ("self_attn.o_proj",),
-        ("mlp.gate_proj", "mlp.up_proj"),
-        ("mlp.down_proj",),
-    ),
-    engine_model=None,  # the engine model lands with ferrule-engine
-    weight_map={},
+QWEN = llama_like(
+    "qwen",
+    ("qwen2", "qwen3"),
     description="Qwen1.5 / Qwen2 / Qwen2.5 and Qwen3 families (dense)",
 )
 

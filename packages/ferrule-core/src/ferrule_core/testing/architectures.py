@@ -25,6 +25,9 @@ spec's layout against it with :func:`layout_problems`.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -145,10 +148,27 @@ class ArchitectureConformance:
         torch.manual_seed(0)
         return transformers.AutoModelForCausalLM.from_config(cls().tiny_config()).eval()
 
-    def test_registered_for_its_model_type(self, registry) -> None:
+    def test_registered_for_its_model_types(self, registry) -> None:
         spec = registry.architectures[self.architecture]
         assert spec.plugin
-        assert registry.architecture_for(self.tiny_config().model_type) is spec
+        assert self.tiny_config().model_type in spec.model_types
+        for model_type in spec.model_types:
+            assert registry.architecture_for(model_type) is spec
+
+    def test_entry_point_module_imports_no_torch(self, registry) -> None:
+        """Listing plugins must stay fast: the entry-point module imports no heavy library."""
+        spec = registry.architectures[self.architecture]
+        found = [ep for ep in metadata.entry_points(group="ferrule") if ep.name == spec.plugin]
+        if not found:
+            pytest.skip(f"plugin {spec.plugin!r} is not installed through an entry point")
+        code = (
+            f"import sys, importlib; module = importlib.import_module({found[0].module!r}); "
+            "module.ferrule_register_architectures(); "
+            "heavy = {'torch', 'transformers', 'triton'} & set(sys.modules); "
+            "sys.exit(f'imported {sorted(heavy)}' if heavy else 0)"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
 
     def test_layout_matches_model(self, registry, model) -> None:
         spec = registry.architectures[self.architecture]

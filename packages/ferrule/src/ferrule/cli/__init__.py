@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from ferrule import __version__
-from ferrule.cli import demo, evaluate, plugins, quantize, validate
+from ferrule.cli import check_kernels, demo, evaluate, plugins, quantize, validate
 from ferrule_core import FerruleError
 
-COMMANDS = (plugins, validate, quantize, evaluate, demo)
+COMMANDS = (plugins, validate, quantize, evaluate, demo, check_kernels)
 
 
 def build_parser() -> argparse.ArgumentParser:

