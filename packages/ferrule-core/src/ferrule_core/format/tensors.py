@@ -134,8 +134,13 @@ def _unpack_dim0(packed: Tensor, bits: int, what: str) -> Tensor:
             f"{what}: {rows} packed words of {bits}-bit codes do not make whole codes; "
             f"the packed size must be a multiple of {words_per_period} at bits={bits}"
         )
-    words = (packed.to(torch.int64) & _WORD_MASK).reshape(-1, words_per_period, width)
     mask = (1 << bits) - 1
+    if _WORD % bits == 0:  # no code straddles a word: one broadcast shift does it
+        shifts = torch.arange(0, _WORD, bits, dtype=torch.int32, device=packed.device)
+        # int32 shifts are arithmetic; the mask drops the copies of the sign bit
+        codes = (packed.unsqueeze(1) >> shifts.view(1, -1, 1)) & mask
+        return codes.reshape(-1, width)
+    words = (packed.to(torch.int64) & _WORD_MASK).reshape(-1, words_per_period, width)
     codes = torch.empty(words.shape[0], per_period, width, dtype=torch.int64, device=packed.device)
     for i in range(per_period):
         word, shift = divmod(i * bits, _WORD)
