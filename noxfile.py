@@ -171,7 +171,12 @@ def quality(session: nox.Session) -> None:
     """The full perplexity table on the real model, written into docs/benchmarks.md."""
     install_workspace(session, *REAL_MODEL_DEPS)
     session.run(
-        "ferrule", "demo", "--full", "--markdown", "docs/benchmarks.md", *session.posargs,
+        "ferrule",
+        "demo",
+        "--full",
+        "--markdown",
+        "docs/benchmarks.md",
+        *session.posargs,
         env=TEST_ENV,
     )
 

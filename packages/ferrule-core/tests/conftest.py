@@ -1,4 +1,4 @@
-"""Fixtures that fabricate installed plugin distributions for the loader tests."""
+"""Fixtures for the loader tests (fabricated plugin distributions) and the checkpoint tests."""
 
 from __future__ import annotations
 
