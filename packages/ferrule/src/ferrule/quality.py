@@ -143,7 +143,12 @@ def quality_table(
     return rows
 
 
-def markdown(rows: list[Row], protocol: Protocol, reference: dict[str, float] | None = None) -> str:
+def markdown(
+    rows: list[Row],
+    protocol: Protocol,
+    reference: dict[str, float] | None = None,
+    device: str | None = None,
+) -> str:
     """The table as Markdown, with the machine and the protocol underneath."""
     head = "| model | perplexity | vs float32 |"
     rule = "| --- | ---: | ---: |"
@@ -172,7 +177,7 @@ def markdown(rows: list[Row], protocol: Protocol, reference: dict[str, float] | 
         f"Calibration: {protocol.num_samples} windows of {protocol.seq_len} tokens from {calibration} "
         f"(seed {protocol.seed}); evaluation: the first {protocol.eval_tokens} tokens of "
         f"{protocol.eval_text.name}, windows of {protocol.window}, every token but each window's "
-        f"first scored ({rows[0].tokens if rows else 0} tokens). Machine: {_machine()}."
+        f"first scored ({rows[0].tokens if rows else 0} tokens). Machine: {_machine(device)}."
     )
     return "\n".join(lines)
 
@@ -197,10 +202,13 @@ def _stale(folder: Path, config: QuantizeConfig, protocol: Protocol) -> bool:
     return not stamp.is_file() or json.loads(stamp.read_text()) != _stamp(config, protocol)
 
 
-def _machine() -> str:
+def _machine(device: str | None) -> str:
     import os
 
     import torch
+
+    if device and device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, float32"
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     # the reference figures were measured with the Python documentation as calibration
-    table = markdown(rows, protocol, None if builtin else REFERENCE)
+    table = markdown(rows, protocol, None if builtin else REFERENCE, device=args.device)
     print(table)
     if args.markdown:
         _write_between_markers(args.markdown, table)
