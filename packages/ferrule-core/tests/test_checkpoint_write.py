@@ -78,6 +78,7 @@ def test_files_written(tmp_path: Path, quantized_state, model_config):
     assert written_config == {**model_config, "quantization_config": expected}
     with safe_open(tmp_path / "model.safetensors", framework="pt") as handle:
         assert handle.metadata() == {"format": "pt"}
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644  # others may read
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.json",
         "model.safetensors",

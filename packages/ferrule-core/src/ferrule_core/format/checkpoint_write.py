@@ -219,6 +219,7 @@ def _write_safetensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
             storages.add(pointer)
         ready[name] = tensor
     save_file(ready, str(path), metadata={"format": "pt"})
+    path.chmod(0o644)  # safetensors creates private (0600) files; a checkpoint is for sharing
     _fsync(path)
 
 
