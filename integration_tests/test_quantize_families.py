@@ -13,32 +13,19 @@ import torch
 from safetensors.torch import load_file
 
 from ferrule_core import QuantizeConfig, load_plugins
-from ferrule_core.testing import float64_oracle, max_relative_error, write_tiny_model
+from ferrule_core.testing import float64_oracle, max_relative_error, tiny_config, write_tiny_model
 from ferrule_quant.loading import load_quantized_model
 from ferrule_quant.pipeline import CalibrationOptions, quantize_model
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=320)
 FAMILIES = {
-    "llama": lambda: transformers.LlamaConfig(
-        **SMALL, intermediate_size=128, num_key_value_heads=2
-    ),
-    "mistral": lambda: transformers.MistralConfig(
-        **SMALL, intermediate_size=128, num_key_value_heads=2
-    ),
-    "qwen2": lambda: transformers.Qwen2Config(
-        **SMALL, intermediate_size=128, num_key_value_heads=2
-    ),
-    "qwen3": lambda: transformers.Qwen3Config(
-        **SMALL, intermediate_size=128, num_key_value_heads=2, head_dim=16
-    ),
-    "falcon": lambda: transformers.FalconConfig(
-        **SMALL, new_decoder_architecture=True, num_kv_heads=2
-    ),
-    "falcon-7b-style": lambda: transformers.FalconConfig(
-        **SMALL, parallel_attn=True, multi_query=True
-    ),
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16}),
+    "falcon": ("FalconConfig", {"new_decoder_architecture": True, "num_kv_heads": 2}),
+    "falcon-7b-style": ("FalconConfig", {"parallel_attn": True, "multi_query": True}),
 }
 CALIBRATION = CalibrationOptions(
     source=["a quantized model keeps few bits per weight. " * 50], num_samples=4, seq_len=32
@@ -53,7 +40,8 @@ def registry():
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_quantizes_and_loads_back_with_oracle_logits(tmp_path, registry, family):
-    model_dir = write_tiny_model(tmp_path / "float", FAMILIES[family]())
+    config_class, overrides = FAMILIES[family]
+    model_dir = write_tiny_model(tmp_path / "float", tiny_config(config_class, **overrides))
     config = QuantizeConfig(bits=4, group_size=32, desc_act=True)
     quantize_model(
         model_dir,
@@ -77,14 +65,7 @@ def test_family_quantizes_and_loads_back_with_oracle_logits(tmp_path, registry, 
 
 
 def test_killing_quantize_and_rerunning_finishes_with_identical_tensors(tmp_path):
-    config = transformers.LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=320,
-    )
+    config = tiny_config("LlamaConfig", hidden_size=128, intermediate_size=256, num_hidden_layers=6)
     model_dir = write_tiny_model(tmp_path / "float", config)
     text = tmp_path / "calibration.txt"
     text.write_text("Serving engines cache keys and values in blocks of tokens. " * 400)
@@ -135,7 +116,7 @@ def test_killing_quantize_and_rerunning_finishes_with_identical_tensors(tmp_path
 
 @pytest.mark.gpu
 def test_quantize_on_cuda_and_serve_the_checkpoint_on_cuda(tmp_path, registry):
-    model_dir = write_tiny_model(tmp_path / "float", FAMILIES["llama"]())
+    model_dir = write_tiny_model(tmp_path / "float", tiny_config("LlamaConfig"))
     config = QuantizeConfig(bits=4, group_size=32, desc_act=True)
     report = quantize_model(
         model_dir,

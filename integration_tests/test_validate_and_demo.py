@@ -26,18 +26,9 @@ def test_demo_runs_every_bit_width_through_the_selected_kernel(ferrule):
 def test_quantize_then_eval_ppl_through_the_command(ferrule, tmp_path):
     import json
 
-    import transformers
+    from ferrule_core.testing import tiny_config, write_tiny_model
 
-    from ferrule_core.testing import write_tiny_model
-
-    config = transformers.Qwen2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=320,
-    )
+    config = tiny_config("Qwen2Config")
     model = write_tiny_model(tmp_path / "float", config)
     text = tmp_path / "text.txt"
     text.write_text("Blocks of keys and values are cached and shared between requests. " * 80)

@@ -16,7 +16,7 @@ from ferrule_core import (
     hookimpl,
     load_plugins,
 )
-from ferrule_core.testing import float64_oracle, max_relative_error, write_tiny_model
+from ferrule_core.testing import float64_oracle, max_relative_error, tiny_config, write_tiny_model
 from ferrule_quant.loading import load_quantized_model
 from ferrule_quant.pipeline import CalibrationOptions, quantize_model
 from ferrule_quant.workarea import WorkArea
@@ -56,15 +56,7 @@ def registry():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=320,
-        max_position_embeddings=128,
-    )
+    config = tiny_config("LlamaConfig", num_hidden_layers=3)
     return write_tiny_model(tmp_path_factory.mktemp("llama"), config)
 
 

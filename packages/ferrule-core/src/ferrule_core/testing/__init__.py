@@ -12,9 +12,15 @@ from ferrule_core.testing.kernels import (
     relative_error,
 )
 from ferrule_core.testing.oracle import float64_oracle, max_relative_error
-from ferrule_core.testing.tiny_models import train_tokenizer, write_tiny_model
+from ferrule_core.testing.tiny_models import (
+    TINY_SIZES,
+    tiny_config,
+    train_tokenizer,
+    write_tiny_model,
+)
 
 __all__ = [
+    "TINY_SIZES",
     "ArchitectureConformance",
     "KernelConformance",
     "float64_oracle",
@@ -23,6 +29,7 @@ __all__ = [
     "max_relative_error",
     "random_gptq_tensors",
     "relative_error",
+    "tiny_config",
     "train_tokenizer",
     "write_plugin_distribution",
     "write_tiny_model",

@@ -2,22 +2,12 @@
 
 An architecture plugin's tests subclass :class:`ArchitectureConformance`::
 
-    from transformers import LlamaConfig
     from ferrule_core.testing import ArchitectureConformance
 
 
     class TestLlamaLayout(ArchitectureConformance):
         architecture = "llama"
-
-        def tiny_config(self):
-            return LlamaConfig(
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                vocab_size=128,
-            )
+        config_class = "LlamaConfig"  # sized by ferrule_core.testing.TINY_SIZES
 
 The tests build the tiny ``transformers`` model from random weights and check the
 spec's layout against it with :func:`layout_problems`.
@@ -37,6 +27,7 @@ from torch import nn
 from ferrule_core.plugins import load_plugins
 from ferrule_core.registry import Registry
 from ferrule_core.specs import ArchitectureSpec
+from ferrule_core.testing.tiny_models import tiny_config
 
 
 def layout_problems(
@@ -126,12 +117,20 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 class ArchitectureConformance:
-    """Base class: set ``architecture`` and implement ``tiny_config()`` in a subclass."""
+    """Base class: set ``architecture`` and ``config_class`` (with ``config_overrides``), or
+    implement ``tiny_config()``, in a subclass."""
 
     architecture: str = ""
+    config_class: str = ""  # a transformers config class name, e.g. "LlamaConfig"
+    config_overrides: dict[str, Any] = {}
 
     def tiny_config(self) -> Any:
-        raise NotImplementedError("return a small transformers PretrainedConfig")
+        if not self.config_class:
+            raise NotImplementedError("set config_class or return a small PretrainedConfig")
+        try:
+            return tiny_config(self.config_class, **self.config_overrides)
+        except LookupError as exc:
+            pytest.skip(str(exc))
 
     def make_registry(self) -> Registry:
         return load_plugins()

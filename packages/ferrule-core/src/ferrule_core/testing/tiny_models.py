@@ -21,6 +21,31 @@ _TEXT = (
 )
 
 
+# Small enough for CPU tests, large enough for grouped KV heads, group size 32 and a tokenizer.
+TINY_SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 320,
+    "max_position_embeddings": 128,
+}
+
+
+def tiny_config(config_class: str, **overrides: Any) -> Any:
+    """A tiny ``transformers`` config: ``tiny_config("LlamaConfig", num_hidden_layers=3)``.
+
+    Sizes a family does not use are set as plain attributes and ignored by its model.
+    """
+    import transformers
+
+    cls = getattr(transformers, config_class, None)
+    if cls is None:
+        raise LookupError(f"transformers {transformers.__version__} has no {config_class}")
+    return cls(**{**TINY_SIZES, **overrides})
+
+
 def train_tokenizer(vocab_size: int):
     """A ``PreTrainedTokenizerFast`` with exactly ``vocab_size`` tokens (>= 260)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
