@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ferrule.cli.validate import INVALID, add_config_arguments, config_from_args
+from ferrule.cli.validate import add_config_arguments, config_from_args, print_problems
 from ferrule.model_layers import linear_shapes
 from ferrule_core import ConfigError, load_plugins
 
@@ -70,12 +70,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args, quant_method=args.method)
     except ConfigError as exc:
-        return _invalid(exc.problems)
+        return print_problems(exc.problems, sys.stderr)
     registry = load_plugins()
     shapes = linear_shapes(args.model, registry)
     problems = [p for name, (k, n) in shapes.items() for p in config.layer_problems(name, k, n)]
     if problems:
-        return _invalid(problems)
+        return print_problems(problems, sys.stderr)
     report = quantize_model(
         args.model,
         args.output,
@@ -101,10 +101,3 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         args.report.write_text(json.dumps(report.to_dict(), indent=2))
     return 0
-
-
-def _invalid(problems: list[str]) -> int:
-    print(f"invalid: {len(problems)} problem(s)", file=sys.stderr)
-    for problem in problems:
-        print(f"  - {problem}", file=sys.stderr)
-    return INVALID

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ferrule.model_layers import linear_shapes
 from ferrule_core import ConfigError, KernelRequest, QuantizeConfig, SelectionError, load_plugins
@@ -57,6 +57,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.checkpoint_format,
         help="checkpoint format: gptq (v1) or gptq_v2 (default gptq)",
     )
+
+
+def print_problems(problems: list[str], file: TextIO | None = None) -> int:
+    """Print ``problems`` one per line under a count; returns the exit status for them."""
+    print(f"invalid: {len(problems)} problem(s)", file=file)
+    for problem in problems:
+        print(f"  - {problem}", file=file)
+    return INVALID
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> QuantizeConfig:
@@ -182,9 +190,7 @@ def _report(
         )
         return
     if problems:
-        print(f"invalid: {len(problems)} problem(s)")
-        for problem in problems:
-            print(f"  - {problem}")
+        print_problems(problems)
         return
     print(
         f"valid: {config.bits}-bit, group_size {config.group_size}, "
