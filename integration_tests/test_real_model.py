@@ -14,6 +14,7 @@ from ferrule.quality import SHORT_TABLE, Protocol, quality_table
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # GPTQ of 24 blocks on 32 x 512 tokens takes ~10 min on 2 cores
 def test_gptq_on_the_real_model_is_no_worse_than_the_reference(tmp_path):
     from ferrule import assets
 
