@@ -64,7 +64,7 @@ class WorkArea:
         from safetensors.torch import save_file
 
         final = self._block_path(index)
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")  # unique per process
         try:
             save_file(
                 {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
