@@ -26,19 +26,46 @@ class KernelRequest:
     ``platform`` is a platform name (``cpu``, ``cuda``, ``rocm``); ``dtype`` is the
     activation dtype's short name (``float16``, ``bfloat16``, ``float32``);
     ``capability`` is the device's compute capability where the platform has one.
+    Linear and MoE kernels read the quantization fields (``bits`` ... ``out_features``);
+    attention kernels read ``head_dim`` and ``sliding_window`` instead (see
+    :meth:`attention`).
     """
 
     platform: str
-    bits: int
-    group_size: int
+    bits: int = 16
+    group_size: int = -1
     desc_act: bool = False
     sym: bool = True
     dtype: str = "float16"
     in_features: int = 0
     out_features: int = 0
     capability: tuple[int, int] | None = None
+    head_dim: int = 0
+    sliding_window: int | None = None
+
+    @classmethod
+    def attention(
+        cls,
+        platform: str,
+        dtype: str,
+        head_dim: int,
+        *,
+        sliding_window: int | None = None,
+        capability: tuple[int, int] | None = None,
+    ) -> KernelRequest:
+        """A request for an attention kernel over the paged KV cache."""
+        return cls(
+            platform=platform,
+            dtype=dtype,
+            head_dim=head_dim,
+            sliding_window=sliding_window,
+            capability=capability,
+        )
 
     def describe(self) -> str:
+        if self.head_dim:
+            window = f", sliding window {self.sliding_window}" if self.sliding_window else ""
+            return f"attention head_dim={self.head_dim}{window}, {self.dtype} on {self.platform}"
         group = "per-channel" if self.group_size == -1 else f"group_size={self.group_size}"
         order = ", act-order" if self.desc_act else ""
         grid = "sym" if self.sym else "asym"
@@ -56,6 +83,11 @@ class KernelSpec:
     adds refusals the data cannot express (a missing torch op, an unsupported shape)
     and returns ``None`` when the kernel can serve, else a reason.
     ``group_sizes=None`` means any group size; ``platforms`` may contain ``"*"``.
+
+    Attention kernels (``kind="attention"``) ignore the quantization fields; they declare
+    ``head_dims`` (``None``: any) and whether they handle ``sliding_window`` layers, and
+    their factory returns an object with
+    ``forward(query, kv_cache, batch) -> Tensor`` (see :mod:`ferrule_core.forward_batch`).
     """
 
     name: str
@@ -71,6 +103,8 @@ class KernelSpec:
     min_capability: tuple[int, int] | None = None
     priority: int = 0
     check: Callable[[KernelRequest], str | None] | None = None
+    head_dims: tuple[int, ...] | None = None
+    sliding_window: bool = True
     description: str = ""
     plugin: str = ""
 
@@ -85,16 +119,12 @@ class KernelSpec:
         """``None`` when this kernel can serve ``request``, else why not."""
         if ANY_PLATFORM not in self.platforms and request.platform not in self.platforms:
             return f"runs on {', '.join(self.platforms)}, not {request.platform}"
-        if request.bits not in self.bits:
-            return f"supports bits {_join(self.bits)}, not {request.bits}"
-        if self.group_sizes is not None and request.group_size not in self.group_sizes:
-            return f"supports group sizes {_join(self.group_sizes)}, not {request.group_size}"
-        if request.desc_act and not self.desc_act:
-            return "does not support act-order (desc_act)"
-        if request.sym and not self.sym:
-            return "supports only asymmetric grids"
-        if not request.sym and not self.asym:
-            return "supports only symmetric grids"
+        if self.kind == "attention":
+            reason = self._attention_reason(request)
+        else:
+            reason = self._quantization_reason(request)
+        if reason is not None:
+            return reason
         if request.dtype not in self.dtypes:
             return f"supports activations in {', '.join(self.dtypes)}, not {request.dtype}"
         if self.min_capability is not None:
@@ -107,7 +137,39 @@ class KernelSpec:
             return self.check(request)
         return None
 
+    def _attention_reason(self, request: KernelRequest) -> str | None:
+        if self.head_dims is not None and request.head_dim not in self.head_dims:
+            return f"supports head dims {_join(self.head_dims)}, not {request.head_dim}"
+        if request.sliding_window and not self.sliding_window:
+            return "does not support sliding-window attention"
+        return None
+
+    def _quantization_reason(self, request: KernelRequest) -> str | None:
+        if request.bits not in self.bits:
+            return f"supports bits {_join(self.bits)}, not {request.bits}"
+        if self.group_sizes is not None and request.group_size not in self.group_sizes:
+            return f"supports group sizes {_join(self.group_sizes)}, not {request.group_size}"
+        if request.desc_act and not self.desc_act:
+            return "does not support act-order (desc_act)"
+        if request.sym and not self.sym:
+            return "supports only asymmetric grids"
+        if not request.sym and not self.asym:
+            return "supports only symmetric grids"
+        return None
+
     def capabilities(self) -> dict[str, Any]:
+        if self.kind == "attention":
+            return {
+                "kind": self.kind,
+                "platforms": list(self.platforms),
+                "head_dims": "any" if self.head_dims is None else list(self.head_dims),
+                "sliding_window": self.sliding_window,
+                "dtypes": list(self.dtypes),
+                "min_capability": None
+                if self.min_capability is None
+                else ".".join(map(str, self.min_capability)),
+                "priority": self.priority,
+            }
         return {
             "kind": self.kind,
             "platforms": list(self.platforms),

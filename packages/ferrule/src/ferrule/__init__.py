@@ -28,6 +28,7 @@ from ferrule_core import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LLM",
     "ArchitectureSpec",
     "ConfigError",
     "FerruleError",
@@ -38,6 +39,7 @@ __all__ = [
     "QuantMethodSpec",
     "QuantizeConfig",
     "Registry",
+    "SamplingParams",
     "SchedulerSpec",
     "SelectionError",
     "hookimpl",
@@ -48,8 +50,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "QuantLinear":  # imports torch: only when asked for
+    # These import torch: only when asked for, so `import ferrule` stays light.
+    if name == "QuantLinear":
         from ferrule_core.quant_linear import QuantLinear
 
         return QuantLinear
+    if name == "LLM":
+        from ferrule_engine.llm import LLM
+
+        return LLM
+    if name == "SamplingParams":
+        from ferrule_engine.sampling_params import SamplingParams
+
+        return SamplingParams
     raise AttributeError(f"module 'ferrule' has no attribute {name!r}")

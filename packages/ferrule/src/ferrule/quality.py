@@ -109,7 +109,7 @@ def quality_table(
     for variant in variants:
         folder, quantize_seconds = model_dir, None
         if variant.config is not None:
-            folder = work_dir / _slug(variant.name)
+            folder = checkpoint_folder(work_dir, variant.name)
             if not holds_checkpoint(folder) or _stale(folder, variant.config, protocol):
                 start = time.perf_counter()
                 quantize_model(
@@ -184,6 +184,11 @@ def markdown(
 
 def save_rows(rows: list[Row], path: Path) -> None:
     path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+def checkpoint_folder(work_dir: Path, name: str) -> Path:
+    """Where ``quality_table`` keeps the checkpoint of the variant called ``name``."""
+    return work_dir / _slug(name)
 
 
 def _slug(name: str) -> str:

@@ -1,4 +1,4 @@
-"""The ``cpu`` entry point: the CPU platform and two CPU linear kernels.
+"""The ``cpu`` entry point: the CPU platform, two CPU linear kernels and an attention kernel.
 
 Importing this module imports no torch: the kernels load in their factories and the
 checks import torch when selection calls them.
@@ -9,6 +9,10 @@ checks import torch when selection calls them.
 
 Both outrank the core's reference kernel; on x86 they take bfloat16 activations only (see
 :mod:`ferrule_cpu.checks`), so other dtypes and shapes they refuse fall to the reference.
+
+- ``torch-paged-attention``: attention over the paged KV cache (prefill, chunked prefill,
+  cached prefixes, decode, grouped KV heads, sliding windows) on torch's
+  ``scaled_dot_product_attention`` (see :mod:`ferrule_cpu.attention`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ def _int8_factory(layer):
     from ferrule_cpu.int8 import Int8CpuKernel
 
     return Int8CpuKernel(layer)
+
+
+def _attention_factory(layer):
+    from ferrule_cpu.attention import TorchPagedAttention
+
+    return TorchPagedAttention(layer)
 
 
 @hookimpl
@@ -85,6 +95,19 @@ def ferrule_register_kernels():
             description=(
                 "torch's int8 CPU weight-only matmul (aten._weight_int8pack_mm), per-channel; "
                 "in_features % 16 == 0; bfloat16 activations on x86"
+            ),
+        ),
+        KernelSpec(
+            name="torch-paged-attention",
+            kind="attention",
+            factory=_attention_factory,
+            platforms=("cpu",),
+            dtypes=("float16", "bfloat16", "float32", "float64"),
+            head_dims=None,
+            sliding_window=True,
+            description=(
+                "paged KV cache gathered through block tables into torch's "
+                "scaled_dot_product_attention; decode batched, GQA, sliding windows"
             ),
         ),
     ]

@@ -1,4 +1,4 @@
-"""ferrule's Falcon plugin: the quantization layout of Falcon models.
+"""ferrule's Falcon plugin: the quantization layout and the engine model of Falcon models.
 
 The entry point is :mod:`ferrule_falcon.plugin`; importing this package imports no torch.
 """

@@ -33,7 +33,7 @@ FALCON = ArchitectureSpec(
         ("mlp.dense_h_to_4h",),
         ("mlp.dense_4h_to_h",),
     ),
-    engine_model=None,  # the engine model lands with ferrule-engine
+    engine_model="ferrule_falcon.engine:FalconForCausalLM",
     weight_map={},
     description="Falcon 7B / 40B / 180B, Falcon2 11B and Falcon-RW",
 )

@@ -20,6 +20,7 @@ LLAMA = llama_like(
     "llama",
     ("llama", "internlm3"),
     description="Llama 1/2/3.x family (and InternLM3, which transformers runs as Llama)",
+    engine_model="ferrule_llama.engine:LlamaForCausalLM",
 )
 
 

@@ -18,6 +18,7 @@ MISTRAL = llama_like(
     "mistral",
     ("mistral", "ministral"),
     description="Mistral 7B / Mistral Small / Mistral NeMo family and Ministral (dense)",
+    engine_model="ferrule_mistral.engine:MistralFamilyForCausalLM",
 )
 
 

@@ -19,6 +19,7 @@ QWEN = llama_like(
     "qwen",
     ("qwen2", "qwen3"),
     description="Qwen1.5 / Qwen2 / Qwen2.5 and Qwen3 families (dense)",
+    engine_model="ferrule_qwen.engine:QwenForCausalLM",
 )
 
 

@@ -5,6 +5,7 @@ from ferrule_core.format.checkpoint import (
     holds_checkpoint,
     quantized_layers,
     read_checkpoint,
+    read_weights,
     save_checkpoint,
 )
 from ferrule_core.format.grid import QuantizedWeight, fit_grid, pack, quantize_rtn
@@ -39,6 +40,7 @@ __all__ = [
     "quantize_rtn",
     "quantized_layers",
     "read_checkpoint",
+    "read_weights",
     "save_checkpoint",
     "unpack_cols",
     "unpack_rows",

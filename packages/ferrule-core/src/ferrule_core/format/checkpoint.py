@@ -25,7 +25,7 @@ from ferrule_core.format.checkpoint_common import (
     parse_size,
     quantized_layers,
 )
-from ferrule_core.format.checkpoint_read import PICKLE_SUFFIXES, read_checkpoint
+from ferrule_core.format.checkpoint_read import PICKLE_SUFFIXES, read_checkpoint, read_weights
 from ferrule_core.format.checkpoint_write import COPIED_FILES, SHARD_PATTERN, save_checkpoint
 
 __all__ = [
@@ -40,5 +40,6 @@ __all__ = [
     "parse_size",
     "quantized_layers",
     "read_checkpoint",
+    "read_weights",
     "save_checkpoint",
 ]

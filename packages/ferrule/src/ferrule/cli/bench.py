@@ -1,0 +1,78 @@
+"""``ferrule bench throughput``: offline throughput of the engine against ``transformers``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ferrule.cli.engine_args import add_engine_arguments, engine_kwargs
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks", description="Benchmarks.")
+    benches = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    tput = benches.add_parser(
+        "throughput",
+        help="offline throughput: ferrule's engine vs transformers generate",
+        description="Run the same requests (random token ids, fixed seed) through ferrule's "
+        "engine (all at once, continuous batching) and through transformers generate (in "
+        "arrival order, batches of --hf-batch-size, each request cut to its own output "
+        "length), and print both throughputs in useful output tokens/s and their ratio.",
+    )
+    tput.add_argument("model", type=Path, metavar="MODEL_DIR")
+    tput.add_argument("--num-prompts", type=int, default=64, help="requests (64)")
+    tput.add_argument("--input-len", type=int, default=512, help="prompt tokens (512)")
+    tput.add_argument("--output-len", type=int, default=128, help="output tokens (128)")
+    tput.add_argument(
+        "--spread",
+        action="store_true",
+        help="draw each length uniformly between a sixteenth of the given length and the length",
+    )
+    tput.add_argument("--hf-batch-size", type=int, default=32, help="transformers batch (32)")
+    tput.add_argument("--seed", type=int, default=0, help="seed of the request draw (0)")
+    tput.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_engine_arguments(tput)
+    tput.set_defaults(run=run_throughput)
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from ferrule.throughput import make_requests, report, run_engine, run_transformers
+
+    if args.hf_batch_size < 1:
+        raise SystemExit(f"ferrule: error: --hf-batch-size={args.hf_batch_size} must be >= 1")
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    requests = make_requests(
+        args.num_prompts,
+        args.input_len,
+        args.output_len,
+        tokenizer.vocab_size,
+        spread=args.spread,
+        seed=args.seed,
+    )
+    ours, dtype = run_engine(args.model, requests, **engine_kwargs(args))
+    theirs = run_transformers(args.model, requests, args.hf_batch_size, dtype)
+    settings = {
+        "model": str(args.model),
+        "num_prompts": args.num_prompts,
+        "input_len": args.input_len,
+        "output_len": args.output_len,
+        "spread": args.spread,
+        "hf_batch_size": args.hf_batch_size,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    result = report(ours, theirs, settings)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'engine':<14}{'requests':>9}{'useful tokens':>15}{'seconds':>10}{'tokens/s':>10}")
+    for row in result["results"]:
+        print(
+            f"{row['name']:<14}{args.num_prompts:>9}{row['useful_tokens']:>15}"
+            f"{row['seconds']:>10.1f}{row['tokens_per_second']:>10.1f}"
+        )
+    print(f"ratio ferrule / transformers: {result['ratio']:.2f}x  ({result['machine']})")
+    return 0
