@@ -2,7 +2,9 @@
 
 Slow (about 15 minutes on 2 CPU cores): fetches Qwen2.5-Coder-0.5B-Instruct once (cached),
 then measures float32, RTN 4-bit and GPTQ 4-bit (act-order) perplexity under the benchmark
-protocol (docs/benchmarks.md).
+protocol (docs/benchmarks.md), and serves the GPTQ checkpoint with the engine: it must
+answer chat prompts sensibly and greedily agree with the float model's engine run on the
+first tokens of a plain prompt.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from ferrule.cli.demo import REFERENCE
-from ferrule.quality import SHORT_TABLE, Protocol, quality_table
+from ferrule.quality import SHORT_TABLE, Protocol, checkpoint_folder, quality_table
 
 
 @pytest.mark.slow
@@ -31,3 +33,26 @@ def test_gptq_on_the_real_model_is_no_worse_than_the_reference(tmp_path):
     gptq = rows["GPTQ 4-bit g128, act-order"].perplexity
     assert gptq <= REFERENCE["GPTQ 4-bit g128, act-order"] * 1.01
     assert gptq < rows["RTN 4-bit g128"].perplexity
+    _chat_with_the_gptq_checkpoint(checkpoint_folder(tmp_path, "GPTQ 4-bit g128, act-order"))
+
+
+def _chat_with_the_gptq_checkpoint(folder):
+    from ferrule import LLM, SamplingParams
+
+    llm = LLM(folder)  # GPTQ on the CPU: bfloat16 activations, the cpu-int4 kernel
+    assert llm.engine.loaded.quantized
+    questions = [
+        "Write a Python function named is_even that returns whether a number is even.",
+        "What is the capital of France? Answer with one word.",
+    ]
+    outputs = llm.chat(
+        [[{"role": "user", "content": q}] for q in questions],
+        SamplingParams(temperature=0, max_tokens=64),
+    )
+    code, capital = (o.outputs[0].text for o in outputs)
+    assert "def is_even" in code
+    assert "Paris" in capital
+    kernels = {
+        m.kernel_spec.name for m in llm.engine.loaded.model.modules() if hasattr(m, "qweight")
+    }
+    assert kernels == {"cpu-int4"}

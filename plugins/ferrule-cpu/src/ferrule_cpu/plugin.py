@@ -6,6 +6,8 @@ checks import torch when selection calls them.
 - ``cpu-int4``: 2, 3 and 4-bit layers, any group size, act-order, on torch's
   ``aten._weight_int4pack_mm_for_cpu`` (torch>=2.6).
 - ``cpu-int8``: 8-bit per-channel layers on ``aten._weight_int8pack_mm``.
+- ``cpu-dense-onednn``: unquantized float32 layers (requests with ``bits=16``) on a
+  oneDNN-prepacked weight for decode-sized batches.
 
 Both outrank the core's reference kernel; on x86 they take bfloat16 activations only (see
 :mod:`ferrule_cpu.checks`), so other dtypes and shapes they refuse fall to the reference.
@@ -18,7 +20,7 @@ Both outrank the core's reference kernel; on x86 they take bfloat16 activations 
 from __future__ import annotations
 
 from ferrule_core import KernelSpec, PlatformSpec, hookimpl
-from ferrule_cpu.checks import ALL_DTYPES, check_int4, check_int8
+from ferrule_cpu.checks import ALL_DTYPES, check_dense, check_int4, check_int8
 from ferrule_cpu.platform import always_usable, memory
 
 KERNEL_PRIORITY = 10
@@ -28,6 +30,12 @@ def _int4_factory(layer):
     from ferrule_cpu.int4 import Int4CpuKernel
 
     return Int4CpuKernel(layer)
+
+
+def _dense_factory(layer):
+    from ferrule_cpu.dense import OneDnnDenseKernel
+
+    return OneDnnDenseKernel(layer)
 
 
 def _int8_factory(layer):
@@ -77,6 +85,22 @@ def ferrule_register_kernels():
             description=(
                 "torch's int4 CPU weight-only matmul (aten._weight_int4pack_mm_for_cpu); "
                 "out_features % 16 == 0; bfloat16 activations on x86"
+            ),
+        ),
+        KernelSpec(
+            name="cpu-dense-onednn",
+            kind="linear",
+            factory=_dense_factory,
+            platforms=("cpu",),
+            bits=(16,),
+            group_sizes=(-1,),
+            desc_act=False,
+            dtypes=("float32",),
+            priority=KERNEL_PRIORITY,
+            check=check_dense,
+            description=(
+                "unquantized float32 layers: oneDNN matmul on a prepacked weight for decode-"
+                "sized batches (<= 256 rows), torch's F.linear above; keeps a packed copy"
             ),
         ),
         KernelSpec(

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ferrule_engine.layers.context import ModelContext
+from ferrule_engine.layers.linear import DenseDispatch
 
 
 class VocabEmbedding(nn.Module):
@@ -47,6 +48,7 @@ class LMHead(nn.Module):
     ):
         super().__init__()
         ctx.tp.require_single("LMHead")
+        self.dense = DenseDispatch(ctx.registry)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.tied = False
@@ -76,7 +78,7 @@ class LMHead(nn.Module):
         self.tied = True
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.weight, self.bias)
+        return self.dense(self, hidden)
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, {self.vocab_size}, tied={self.tied}"

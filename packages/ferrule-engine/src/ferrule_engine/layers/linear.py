@@ -24,6 +24,48 @@ from ferrule_engine.layers.context import ModelContext
 PARALLEL_STYLES = ("column", "row", "replicated")
 
 
+class DenseDispatch:
+    """Runs an unquantized layer (``weight [out, in]``, ``bias``) through the platform's dense
+    kernel, if one is installed: a ``linear`` kernel that accepts ``bits=16``, chosen on the
+    first call for the input's device and dtype (``ferrule-cpu`` offers one). Without one,
+    or when selection refuses, ``F.linear``. Selection runs again when the device, the dtype
+    or the weight object changes."""
+
+    def __init__(self, registry=None):
+        self.registry = registry
+        self._key: tuple[object, ...] | None = None
+        self._kernel = None
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype, id(layer.weight))
+        if key != self._key:
+            self._kernel = self._select(layer, x)
+            self._key = key
+        if self._kernel is None:
+            return F.linear(x, layer.weight, layer.bias)
+        return self._kernel.forward(x)
+
+    def _select(self, layer: nn.Module, x: torch.Tensor):
+        from ferrule_core.errors import SelectionError
+        from ferrule_core.plugins import default_registry
+        from ferrule_core.quant_linear import platform_of
+        from ferrule_core.specs import KernelRequest
+
+        registry = self.registry if self.registry is not None else default_registry()
+        out_features, in_features = layer.weight.shape
+        request = KernelRequest(
+            platform=platform_of(x.device),
+            dtype=str(x.dtype).removeprefix("torch."),
+            in_features=in_features,
+            out_features=out_features,
+        )
+        try:
+            spec = registry.select_kernel("linear", request)
+        except SelectionError:
+            return None
+        return spec.factory(layer)
+
+
 class DenseLinear(nn.Module):
     """``y = x @ weight.T + bias`` with the weight in ``nn.Linear`` layout ``[out, in]``."""
 
@@ -35,8 +77,10 @@ class DenseLinear(nn.Module):
         bias: bool,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        registry=None,
     ):
         super().__init__()
+        self.dense = DenseDispatch(registry)
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(
@@ -51,7 +95,7 @@ class DenseLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.dense(self, x)
 
     def extra_repr(self) -> str:
         return (
@@ -77,7 +121,14 @@ def make_linear(
         )
     ctx.tp.require_single(prefix)
     if not ctx.is_quantized(prefix):
-        return DenseLinear(in_features, out_features, bias=bias, dtype=ctx.dtype, device=ctx.device)
+        return DenseLinear(
+            in_features,
+            out_features,
+            bias=bias,
+            dtype=ctx.dtype,
+            device=ctx.device,
+            registry=ctx.registry,
+        )
     quant = ctx.quant
     assert quant is not None  # ModelContext refuses quantized modules without a config
     return QuantLinear(

@@ -14,6 +14,11 @@ from ferrule_core.errors import ConfigError
 from ferrule_engine.layers.context import ModelContext
 from ferrule_engine.layers.linear import make_linear
 
+# Rows per pass through the MLP. Its intermediates are [rows, intermediate_size]; slices of
+# 1024 rows keep them small enough for the allocator to reuse (fresh multi-hundred-MB
+# buffers cost page faults on every step) while the matmuls stay at full speed.
+CHUNK_ROWS = 1024
+
 
 def activation(name: str) -> nn.Module:
     """transformers' activation module for ``hidden_act=name``."""
@@ -56,4 +61,18 @@ class GatedMLP(nn.Module):
         self.act_fn = activation(hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        """``x`` is ``[T, hidden]``; long batches run in slices of ``CHUNK_ROWS`` rows."""
+        if x.dim() != 2 or x.shape[0] <= CHUNK_ROWS:
+            return self._forward(x)
+        first = self._forward(x[:CHUNK_ROWS])
+        out = first.new_empty(x.shape[0], first.shape[1])
+        out[:CHUNK_ROWS] = first
+        for start in range(CHUNK_ROWS, x.shape[0], CHUNK_ROWS):
+            out[start : start + CHUNK_ROWS] = self._forward(x[start : start + CHUNK_ROWS])
+        return out
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.act_fn(self.gate_proj(x))
+        up = self.up_proj(x)
+        hidden = hidden * up if torch.is_grad_enabled() else hidden.mul_(up)
+        return self.down_proj(hidden)

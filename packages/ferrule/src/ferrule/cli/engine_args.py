@@ -14,7 +14,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--platform", help="cpu, cuda, ... (default: the best usable one)")
     group.add_argument("--max-num-seqs", type=int, default=256, help="sequences per step (256)")
     group.add_argument(
-        "--max-num-batched-tokens", type=int, default=2048, help="token budget per step (2048)"
+        "--max-num-batched-tokens", type=int, default=8192, help="token budget per step (8192)"
     )
     group.add_argument("--max-model-len", type=int, help="context limit (default: the model's)")
     group.add_argument("--kv-cache-gib", type=float, help="KV cache size in GiB")
