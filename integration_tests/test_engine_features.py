@@ -160,3 +160,13 @@ def test_bad_input_is_refused_with_a_clear_message(llm):
     with pytest.raises(ConfigError, match="block_size"):
         LLM("unused", block_size=3)
     assert not llm.engine.has_unfinished_requests()
+
+
+def test_min_tokens_keeps_stop_tokens_out_of_the_first_outputs(llm):
+    base = llm.generate([[40, 41, 42]], greedy(6))[0].outputs[0].token_ids
+    stop = base[0]  # greedy would stop at once on it
+    ended = llm.generate([[40, 41, 42]], greedy(6, stop_token_ids=[stop]))[0].outputs[0]
+    assert ended.token_ids == [stop] and ended.finish_reason == "stop"
+    held = llm.generate([[40, 41, 42]], greedy(6, stop_token_ids=[stop], min_tokens=3))[0]
+    tokens = held.outputs[0].token_ids
+    assert len(tokens) >= 3 and stop not in tokens[:3]

@@ -190,6 +190,7 @@ def test_engine_stop_strings_wait_for_min_tokens(tiny_tokenizer):
     tok = tiny_tokenizer
     ids = _byte_token_ids(tok, "stop! then stop! end")
     params = SamplingParams(stop=["stop!"], min_tokens=6)  # the first "stop!" ends at token 5
+    # (a stop string counts once min_tokens outputs exist, as in vLLM)
     detok, pieces = _stream(tok, ids, params)
     assert detok.text == "".join(pieces) == "stop! then " and detok.stop_reason == "stop!"
 

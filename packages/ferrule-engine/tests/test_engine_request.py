@@ -115,9 +115,14 @@ def test_stop_token_ids_stop_with_the_token_as_reason_even_with_ignore_eos():
 
 def test_min_tokens_holds_back_stop_tokens_but_not_length():
     params = Params(min_tokens=2, stop_token_ids=[7])
-    # outputs 1 and 2 cannot stop; the third can
-    assert _stop_after([7, 0, 7], params, eos=0) == (S.FINISHED_STOPPED, 3, 7)
-    assert _stop_after([0, 0, 0], Params(min_tokens=2), eos=0) == (S.FINISHED_STOPPED, 3, None)
+    # output 1 cannot stop; from the second on (min_tokens outputs exist) one can, as in vLLM
+    assert _stop_after([7, 7, 0], params, eos=0) == (S.FINISHED_STOPPED, 2, 7)
+    assert _stop_after([0, 0, 0], Params(min_tokens=2), eos=0) == (S.FINISHED_STOPPED, 2, None)
+    assert _stop_after([7, 0, 7], Params(min_tokens=3, stop_token_ids=[7]), eos=9) == (
+        S.FINISHED_STOPPED,
+        3,
+        7,
+    )
     assert _stop_after([0] * 5, Params(min_tokens=5, max_tokens=2), eos=0)[:2] == (
         S.FINISHED_LENGTH,
         2,

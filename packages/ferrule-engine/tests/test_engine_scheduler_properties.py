@@ -77,7 +77,7 @@ def expected_outputs(spec: Spec) -> tuple[list[int], str]:
         token = next_token(prompt + out, spec.extra_keys)
         out.append(token)
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else {EOS})
-        if len(out) > params.min_tokens and token in stop_ids:
+        if len(out) >= params.min_tokens and token in stop_ids:
             return out, "stop"
         if params.max_tokens is not None and len(out) >= params.max_tokens:
             return out, "length"

@@ -84,7 +84,7 @@ class IncrementalDetokenizer:
             piece = self._decode_step()
             if piece:
                 self._text += piece
-                if len(self.output_token_ids) > self.params.min_tokens and self._check_stop(
+                if len(self.output_token_ids) >= self.params.min_tokens and self._check_stop(
                     len(piece)
                 ):
                     break

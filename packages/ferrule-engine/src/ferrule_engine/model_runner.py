@@ -105,6 +105,7 @@ class ModelRunner:
         if not samplers:
             return StepResult({}, {})
         logits = self.model.compute_logits(hidden[batch.logits_indices])
+        _mask_early_stops(logits, [item.request for item in samplers])
         rows = [self._row(item.request) for item in samplers]
         out = self.sampler.sample(logits, rows)
         sampled = {
@@ -132,3 +133,17 @@ class ModelRunner:
             output_token_ids=request.output_token_ids,
             generator=generator,
         )
+
+
+def _mask_early_stops(logits: torch.Tensor, requests: list[Any]) -> None:
+    """Until a request has ``min_tokens`` outputs, its stop token ids (and end of text, unless
+    ``ignore_eos``) cannot be drawn, as in vLLM: their logits become ``-inf`` in place."""
+    for row, request in enumerate(requests):
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            continue
+        banned = list(params.stop_token_ids or ())
+        if request.eos_token_id is not None and not params.ignore_eos:
+            banned.append(request.eos_token_id)
+        if banned:
+            logits[row, banned] = float("-inf")

@@ -179,13 +179,14 @@ class Request:
         """The finished status the last appended output token calls for, or None.
 
         In order: a ``stop_token_ids`` token (``stop_reason`` = the token) or EOS unless
-        ``ignore_eos`` (``stop_reason`` stays None, as vLLM) -> FINISHED_STOPPED, only once more
-        than ``min_tokens`` outputs exist (a sampler may also mask them until then); ``max_tokens``
+        ``ignore_eos`` (``stop_reason`` stays None, as vLLM) -> FINISHED_STOPPED, only once
+        ``min_tokens`` outputs exist (as vLLM; the model runner also masks stop tokens out of
+        the first ``min_tokens`` draws, so they never appear there); ``max_tokens``
         outputs -> FINISHED_LENGTH; ``max_model_len`` tokens in all -> FINISHED_LENGTH.
         """
         params = self.sampling_params
         token = self.output_token_ids[-1]
-        if self.num_output_tokens > params.min_tokens:
+        if self.num_output_tokens >= params.min_tokens:
             if token in (params.stop_token_ids or ()):
                 self.stop_reason = token
                 return RequestStatus.FINISHED_STOPPED
