@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from ferrule_engine.engine_config import (
 from ferrule_engine.model_loader import load_engine_model
 from ferrule_engine.model_runner import ModelRunner
 from ferrule_engine.output_processor import OutputProcessor
-from ferrule_engine.request import Request
+from ferrule_engine.request import Request, RequestStatus
 from ferrule_engine.sampling_params import SamplingParams
 from ferrule_engine.scheduler import Scheduler
 
@@ -47,7 +47,6 @@ class EngineStats:
     computed_tokens: int = 0
     generated_tokens: int = 0
     busy_seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class LLMEngine:
@@ -236,7 +235,7 @@ class LLMEngine:
         finished = self.scheduler.update_from_output(output, result.sampled)
         stopped = self.outputs.process(result, now)
         if stopped:
-            self.scheduler.finish_requests(stopped, _stopped_status())
+            self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
         done = [r.request_id for r in finished] + stopped
         self.runner.forget(done)
         self.stats.steps += 1
@@ -258,12 +257,6 @@ class LLMEngine:
 def _child_params(params: SamplingParams, index: int) -> SamplingParams:
     seed = None if params.seed is None else params.seed + index
     return params.clone(n=1, seed=seed)
-
-
-def _stopped_status() -> Any:
-    from ferrule_engine.request import RequestStatus
-
-    return RequestStatus.FINISHED_STOPPED
 
 
 def _generation_eos_ids(folder: str | os.PathLike[str]) -> set[int]:

@@ -6,7 +6,7 @@ The field names follow vLLM's, so code written against ``vllm.LLM`` reads these 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -64,4 +64,3 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = False
     metrics: RequestMetrics | None = None
-    extra: dict[str, object] = field(default_factory=dict)
