@@ -24,6 +24,12 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
+import pytest
+
+# hypothesis comes with the engine's `test` extra (every nox session installs it); the GPU
+# session installs packages without their extras, and these tests need no GPU anyway.
+pytest.importorskip("hypothesis")
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
