@@ -161,13 +161,18 @@ class LLMEngine:
         *,
         priority: int = 0,
         arrival_time: float | None = None,
+        prompt_text: str | None = None,
     ) -> None:
-        """Queue a request; ``prompt`` is text (tokenized here) or token ids."""
+        """Queue a request; ``prompt`` is text (tokenized here) or token ids.
+
+        ``prompt_text`` is the text that token-id prompts were made from, if any: it only
+        appears as ``RequestOutput.prompt`` (callers that tokenize ahead pass it along).
+        """
         params = params or SamplingParams()
         if isinstance(prompt, str):
             text, token_ids = prompt, self.tokenizer(prompt).input_ids
         else:
-            text, token_ids = None, [int(t) for t in prompt]
+            text, token_ids = prompt_text, [int(t) for t in prompt]
         self._check_prompt(request_id, token_ids)
         if not params.ignore_eos and self._extra_stop_ids:
             stops = list(params.stop_token_ids) + sorted(self._extra_stop_ids)

@@ -5,11 +5,14 @@ Token-based stops (EOS, stop token ids, lengths) are the scheduler's; stop strin
 text, so they are found here and reported back to the engine, which finishes those requests.
 The token that ended a request by a stop token id (or end of text) stays in ``token_ids``
 but adds no text, unless ``include_stop_str_in_output`` is set (as in vLLM).
+
+Each :class:`RequestOutput` is a snapshot: its lists and metrics are copies, so a consumer on
+another thread (the async front end) never sees them change under it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ferrule_engine.detokenizer import IncrementalDetokenizer
@@ -36,7 +39,7 @@ class _Sequence:
             text=self.detokenizer.text,
             token_ids=list(self.request.output_token_ids),
             cumulative_logprob=self.cumulative_logprob,
-            logprobs=self.logprobs,
+            logprobs=None if self.logprobs is None else list(self.logprobs),
             finish_reason=self.finish_reason(),
             stop_reason=self.stop_reason(),
         )
@@ -67,7 +70,7 @@ class _Group:
             prompt_token_ids=self.prompt_token_ids,
             outputs=[s.output() for s in self.sequences],
             finished=self.finished,
-            metrics=self.metrics,
+            metrics=replace(self.metrics),
         )
 
 

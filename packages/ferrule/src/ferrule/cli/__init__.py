@@ -21,11 +21,22 @@ from ferrule.cli import (
     generate,
     plugins,
     quantize,
+    serve,
     validate,
 )
 from ferrule_core import FerruleError
 
-COMMANDS = (plugins, validate, quantize, evaluate, generate, bench, demo, check_kernels)
+COMMANDS = (
+    plugins,
+    validate,
+    quantize,
+    evaluate,
+    generate,
+    serve,
+    bench,
+    demo,
+    check_kernels,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

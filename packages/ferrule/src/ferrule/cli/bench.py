@@ -36,6 +36,25 @@ def add_parser(subparsers: Any) -> None:
     add_engine_arguments(tput)
     tput.set_defaults(run=run_throughput)
 
+    serve = benches.add_parser(
+        "serve",
+        help="load a running server: Poisson arrivals, TTFT, TPOT, throughput",
+        description="Send streaming completions to a running OpenAI-compatible server "
+        "(ferrule serve) with Poisson arrivals and report throughput, time to first token and "
+        "time per output token (mean, p50, p99) and failures.",
+    )
+    serve.add_argument("--url", required=True, help="the server's /v1 URL")
+    serve.add_argument("--num-prompts", type=int, default=100, help="requests (100)")
+    serve.add_argument(
+        "--request-rate", type=float, default=float("inf"), help="requests/s (inf: all at once)"
+    )
+    serve.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
+    serve.add_argument("--input-len", type=int, default=128, help="prompt tokens (128)")
+    serve.add_argument("--output-len", type=int, default=64, help="output tokens (64)")
+    serve.add_argument("--api-key", help="bearer key, if the server wants one")
+    serve.add_argument("--json", action="store_true", help="print the result as JSON")
+    serve.set_defaults(run=run_serve)
+
 
 def run_throughput(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
@@ -76,3 +95,41 @@ def run_throughput(args: argparse.Namespace) -> int:
         )
     print(f"ratio ferrule / transformers: {result['ratio']:.2f}x  ({result['machine']})")
     return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ferrule.serve_bench import run_load
+
+    for name in ("num_prompts", "concurrency", "input_len", "output_len"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"ferrule: error: --{name.replace('_', '-')} must be at least 1")
+    if not args.request_rate > 0:
+        raise SystemExit("ferrule: error: --request-rate must be positive (or inf)")
+    report = asyncio.run(
+        run_load(
+            args.url,
+            num_prompts=args.num_prompts,
+            request_rate=args.request_rate,
+            concurrency=args.concurrency,
+            input_len=args.input_len,
+            output_len=args.output_len,
+            api_key=args.api_key,
+        )
+    )
+    summary = report.summary()
+    if args.json:
+        print(json.dumps(summary))
+        return 0 if summary["completed"] else 1
+    print(
+        f"{summary['completed']}/{summary['requests']} requests in {summary['duration_s']:.1f} s: "
+        f"{summary['output_tokens_per_s']:.1f} output tokens/s, "
+        f"{summary['requests_per_s']:.2f} requests/s"
+    )
+    for key, label in (("ttft_s", "time to first token"), ("tpot_s", "time per output token")):
+        row = summary[key]
+        print(f"{label}: mean {row['mean']:.3f} s, p50 {row['p50']:.3f} s, p99 {row['p99']:.3f} s")
+    if summary["failed"]:
+        print(f"failures: {summary['errors']}")
+    return 0 if summary["completed"] else 1

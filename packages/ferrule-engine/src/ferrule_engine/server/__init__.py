@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: request models, response builders, errors and routes."""
