@@ -239,3 +239,64 @@ def test_metrics_tokenize_and_detokenize(server):
         "ferrule_generation_tokens_total",
     ):
         assert name in metrics
+
+
+def test_300_streams_with_a_third_cut_off_leave_the_server_clean(server, model_dir):
+    from ferrule import LLM, SamplingParams
+
+    prompts = [[10 + (i % 200), 11 + (i % 97), 12 + (i % 53)] for i in range(300)]
+    expected = LLM(model_dir).generate(
+        prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    )
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    async def one(index: int, client) -> str | None:
+        body = {
+            "model": NAME,
+            "prompt": prompts[index],
+            "max_tokens": 8,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        cut_after = 1 + index % 4 if index % 3 == 0 else None  # a third leave early
+        text, events = "", 0
+        async with client.stream("POST", "/v1/completions", json=body, headers=auth) as reply:
+            assert reply.status_code == 200
+            async for line in reply.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                events += 1
+                text += json.loads(line[6:])["choices"][0]["text"]
+                if cut_after is not None and events >= cut_after:
+                    return None  # closing the response drops the connection
+        return text
+
+    async def main():
+        limits = httpx.Limits(max_connections=400)
+        async with httpx.AsyncClient(base_url=server, timeout=120, limits=limits) as client:
+            return await asyncio.gather(*(one(i, client) for i in range(300)))
+
+    texts = asyncio.run(main())
+    finished = [(i, t) for i, t in enumerate(texts) if t is not None]
+    # a stream whose whole text came in fewer events than its cut point was not cut
+    assert 200 <= len(finished) <= 220
+    for index, text in finished:
+        assert text == expected[index].outputs[0].text, index
+    assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+    deadline = time.monotonic() + 20
+    while True:
+        metrics = httpx.get(f"{server}/metrics", headers=auth).text
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.splitlines()
+            if line and not line.startswith("#")
+        }
+        idle = values["ferrule_num_requests_running"] == 0
+        idle = idle and values["ferrule_num_requests_waiting"] == 0
+        if (idle and values["ferrule_kv_cache_usage_perc"] == 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert values["ferrule_num_requests_running"] == 0
+    assert values["ferrule_num_requests_waiting"] == 0
+    assert values["ferrule_kv_cache_usage_perc"] == 0
