@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -26,12 +22,6 @@ TEMPLATE = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen2")
@@ -44,45 +34,10 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ferrule",
-            "serve",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--api-key",
-            KEY,
-            "--served-model-name",
-            NAME,
-            "--kv-cache-gib",
-            "0.05",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(process.stdout.read().decode())
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        raise RuntimeError("the server did not come up in 120 s")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+def server(model_dir, serve):
+    args = ("--api-key", KEY, "--served-model-name", NAME, "--kv-cache-gib", "0.05")
+    with serve(model_dir, *args) as url:
+        yield url
 
 
 @pytest.fixture
@@ -211,6 +166,116 @@ BAD = [
         "larger",
     ),
     ("POST", "/detokenize", None, b'{"tokens": [999999]}', 400, "outside"),
+    ("POST", "/detokenize", None, b'{"tokens": "abc"}', 422, "tokens"),
+    ("POST", "/tokenize", None, b'{"prompt": 5}', 422, "prompt"),
+    ("POST", "/v1/completions", None, b'{"model": "tiny", "prompt": []}', 400, "prompt"),
+    ("POST", "/v1/completions", None, b'{"model": "tiny", "prompt": [-1, 2]}', 400, "prompt"),
+    (
+        "POST",
+        "/v1/completions",
+        None,
+        b'{"model": "tiny", "prompt": "x", "top_p": 0}',
+        400,
+        "top_p",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        None,
+        b'{"model": "tiny", "prompt": "x", "top_k": -5}',
+        400,
+        "top_k",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        None,
+        b'{"model": "tiny", "prompt": "x", "logprobs": 99}',
+        400,
+        "logprobs",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        None,
+        b'{"model": "tiny", "prompt": "x", "echo": true}',
+        400,
+        "echo",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        None,
+        b'{"model": "tiny", "prompt": "x", "presence_penalty": 5}',
+        400,
+        "presence_penalty",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        None,
+        b'{"model": "tiny", "prompt": "x", "stop": [1]}',
+        422,
+        "stop",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        None,
+        b'{"model": "tiny", "prompt": "x", "max_tokens": 100000}',
+        400,
+        "max_tokens",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        None,
+        b'{"model": "tiny", "prompt": "x", "stream": [1]}',
+        422,
+        "stream",
+    ),
+    ("POST", "/v1/chat/completions", None, b'{"model": "tiny", "messages": "hi"}', 422, "messages"),
+    (
+        "POST",
+        "/v1/chat/completions",
+        None,
+        b'{"model": "tiny", "messages": [{"role": "user", "content": 5}]}',
+        422,
+        "content",
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        None,
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}',
+        400,
+        "top_logprobs",
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        None,
+        b'{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", '
+        b'"image_url": {"url": "http://x/y.png"}}]}]}',
+        400,
+        "images",
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        None,
+        b'{"model": "other", "messages": [{"role": "user", "content": "hi"}]}',
+        404,
+        "other",
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {"Authorization": "Basic abc"},
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}',
+        401,
+        "API key",
+    ),
 ]
 
 
@@ -300,3 +365,27 @@ def test_300_streams_with_a_third_cut_off_leave_the_server_clean(server, model_d
     assert values["ferrule_num_requests_running"] == 0
     assert values["ferrule_num_requests_waiting"] == 0
     assert values["ferrule_kv_cache_usage_perc"] == 0
+
+
+def test_bench_serve_reports_latencies(ferrule, server):
+    done = ferrule(
+        "bench",
+        "serve",
+        "--url",
+        f"{server}/v1",
+        "--api-key",
+        KEY,
+        "--num-prompts",
+        "12",
+        "--request-rate",
+        "50",
+        "--input-len",
+        "16",
+        "--output-len",
+        "6",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["completed"] == 12 and summary["failed"] == 0
+    assert summary["output_tokens"] > 0 and summary["ttft_s"]["p99"] >= summary["ttft_s"]["p50"]

@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "ArchitectureSpec",
+    "AsyncLLM",
     "ConfigError",
     "FerruleError",
     "KernelRequest",
@@ -55,6 +56,10 @@ def __getattr__(name: str) -> Any:
         from ferrule_core.quant_linear import QuantLinear
 
         return QuantLinear
+    if name == "AsyncLLM":
+        from ferrule_engine.async_llm import AsyncLLM
+
+        return AsyncLLM
     if name == "LLM":
         from ferrule_engine.llm import LLM
 
