@@ -282,6 +282,3 @@ class FalconForCausalLM(EngineModel):
     ) -> torch.Tensor:
         hidden = self.embed(self.transformer.word_embeddings, input_ids, input_embeds, embeds_mask)
         return self.transformer(hidden, positions, batch)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()

@@ -56,8 +56,9 @@ class EngineModel(nn.Module):
         raise NotImplementedError
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits ``[N, vocab]`` of ``hidden [N, hidden]``."""
-        raise NotImplementedError
+        """float32 logits ``[N, vocab]`` of ``hidden [N, hidden]``, through the model's
+        ``lm_head`` (override for models without one)."""
+        return self.lm_head(hidden).float()
 
     @classmethod
     def sliding_window_of(cls, config: Any) -> int | None:

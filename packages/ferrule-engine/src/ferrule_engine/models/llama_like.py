@@ -194,9 +194,6 @@ class LlamaLikeForCausalLM(EngineModel):
         hidden = self.embed(self.model.embed_tokens, input_ids, input_embeds, embeds_mask)
         return self.model(hidden, positions, batch)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
-
     # --- the family's switches, resolved against a config ------------------------------
 
     @classmethod

@@ -18,19 +18,26 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from ferrule_core.errors import FerruleError
-from ferrule_engine.async_llm import AsyncLLM, EngineClosed, EngineOverloaded
+from ferrule_engine.async_llm import AsyncLLM
 from ferrule_engine.server import responses
 from ferrule_engine.server.errors import APIError, validation_error
 from ferrule_engine.server.metrics import CONTENT_TYPE, ServerMetrics
 from ferrule_engine.server.protocol import ChatCompletionRequest, CompletionRequest
+from ferrule_engine.server.streaming import (
+    chat_chunks,
+    chat_logprobs,
+    completion_chunks,
+    first_event,
+    last,
+    sse,
+)
 
 logger = logging.getLogger("ferrule.server")
 T = TypeVar("T")
@@ -145,9 +152,9 @@ def build_app(
         ]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = _completion_chunks(streams, base, req, include_usage, metrics, llm.tokenizer)
-            return _sse(await _first(chunks), chunks)
-        finals = await _watch(request, asyncio.gather(*(_last(s, metrics) for s in streams)))
+            chunks = completion_chunks(streams, base, req, include_usage, metrics, llm.tokenizer)
+            return sse(await first_event(chunks), chunks)
+        finals = await _watch(request, asyncio.gather(*(last(s, metrics) for s in streams)))
         return responses.completion_response(
             base, req.model, int(time.time()), finals, llm.tokenizer, req.logprobs
         )
@@ -164,11 +171,11 @@ def build_app(
         stream = llm.generate(ids, params, rid, priority=req.priority)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = _chat_chunks(stream, rid, req, include_usage, metrics, llm.tokenizer)
-            return _sse(await _first(chunks), chunks)
-        final = await _watch(request, _last(stream, metrics))
+            chunks = chat_chunks(stream, rid, req, include_usage, metrics, llm.tokenizer)
+            return sse(await first_event(chunks), chunks)
+        final = await _watch(request, last(stream, metrics))
         return responses.chat_response(
-            rid, req.model, int(time.time()), final, llm.tokenizer, _chat_logprobs(req)
+            rid, req.model, int(time.time()), final, llm.tokenizer, chat_logprobs(req)
         )
 
     return app
@@ -277,29 +284,7 @@ def _error_response(err: APIError, metrics: ServerMetrics) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 
-def _engine_error(err: Exception) -> APIError:
-    if isinstance(err, EngineOverloaded):
-        return APIError(429, str(err), type="rate_limit_error", code="overloaded")
-    if isinstance(err, EngineClosed):
-        return APIError(503, str(err), type="service_unavailable")
-    if isinstance(err, (ValueError, TypeError, FerruleError)):
-        return APIError(400, str(err))
-    raise err
-
-
-# --- running requests -----------------------------------------------------------------
-
-
-async def _last(stream: AsyncIterator[Any], metrics: ServerMetrics) -> Any:
-    final = None
-    try:
-        async with contextlib.aclosing(stream):  # closing aborts the request if cancelled
-            async for output in stream:
-                final = output
-    except (EngineOverloaded, EngineClosed, ValueError, TypeError, FerruleError) as err:
-        raise _engine_error(err) from None
-    metrics.observe(final)
-    return final
+# --- waiting for a client --------------------------------------------------------------
 
 
 async def _watch(request: Request, work: Awaitable[T]) -> T:
@@ -312,130 +297,3 @@ async def _watch(request: Request, work: Awaitable[T]) -> T:
         if await request.is_disconnected():
             task.cancel()
             raise APIError(499, "the client closed the connection", code="client_closed")
-
-
-async def _first(chunks: AsyncIterator[str]) -> str:
-    """The first SSE event, so that errors before any output become a plain error response."""
-    try:
-        return await chunks.__anext__()
-    except StopAsyncIteration:
-        return ""
-
-
-def _sse(first: str, chunks: AsyncIterator[str]) -> StreamingResponse:
-    async def events() -> AsyncIterator[str]:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-def _event(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-def _chat_logprobs(req: Any) -> int | None:
-    return (req.top_logprobs or 0) if req.logprobs else None
-
-
-def _error_event(err: Exception) -> str:
-    if not isinstance(err, APIError):
-        try:
-            err = _engine_error(err)
-        except Exception as other:  # anything else: report it, keep the server up
-            err = APIError(500, f"internal error: {other}", type="server_error")
-    return _event(err.body())
-
-
-async def _completion_chunks(
-    streams, base, req, include_usage, metrics, tokenizer
-) -> AsyncIterator[str]:
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-    async def pump(index: int, stream: AsyncIterator[Any]) -> None:
-        try:
-            async with contextlib.aclosing(stream):  # a cancelled pump aborts its request
-                async for output in stream:
-                    await queue.put((index, output))
-        except Exception as err:  # handed to the consumer below
-            await queue.put((index, err))
-        finally:
-            await queue.put((index, None))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    state = responses.StreamState()
-    finals: dict[int, Any] = {}
-    created = int(time.time())
-    started = False
-    try:
-        open_streams = len(tasks)
-        while open_streams:
-            index, item = await queue.get()
-            if item is None:
-                open_streams -= 1
-                continue
-            if isinstance(item, Exception):
-                if not started:
-                    raise _engine_error(item)
-                yield _error_event(item)
-                return
-            if item.finished:
-                finals[index] = item
-                metrics.observe(item)
-            try:
-                chunks = responses.completion_chunk(
-                    base,
-                    req.model,
-                    created,
-                    item,
-                    state,
-                    prompt_index=index,
-                    tokenizer=tokenizer,
-                    want_logprobs=req.logprobs,
-                )
-            except APIError as err:
-                yield _error_event(err)
-                return
-            for chunk in chunks:
-                started = True
-                yield _event(chunk)
-        if include_usage:
-            yield _event(responses.usage_chunk(base, req.model, created, list(finals.values())))
-        yield "data: [DONE]\n\n"
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-async def _chat_chunks(stream, rid, req, include_usage, metrics, tokenizer) -> AsyncIterator[str]:
-    created = int(time.time())
-    state = responses.StreamState()
-    final = None
-    started = False
-    try:
-        async with contextlib.aclosing(stream):  # a client gone mid-stream aborts the request
-            async for output in stream:
-                for chunk in responses.chat_chunk(
-                    rid,
-                    req.model,
-                    created,
-                    output,
-                    state,
-                    tokenizer=tokenizer,
-                    want_logprobs=_chat_logprobs(req),
-                ):
-                    started = True
-                    yield _event(chunk)
-                final = output
-    except Exception as err:
-        if not started:
-            raise _engine_error(err) from None
-        yield _error_event(err)
-        return
-    if final is not None:
-        metrics.observe(final)
-    if include_usage and final is not None:
-        yield _event(responses.usage_chunk(rid, req.model, created, [final], chat=True))
-    yield "data: [DONE]\n\n"
