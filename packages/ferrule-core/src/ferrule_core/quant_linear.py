@@ -5,9 +5,17 @@ The buffers follow the GPTQ tensor format with the zero points in ``gptq_v2`` me
 ``qweight`` int32 ``[K*bits/32, N]``, ``qzeros`` int32 ``[G, N*bits/32]``,
 ``scales`` ``[G, N]``, ``g_idx`` int32 ``[K]``, optional ``bias`` ``[N]``.
 
-The kernel is chosen on the first forward for the input's device and dtype, through the
-registry (highest-priority kernel that accepts the layer), or fixed by ``kernel=NAME``.
-It is chosen again only when the device or dtype changes or the buffers are replaced.
+The kernels are chosen on the first forward for the input's device and dtype, through the
+registry, or fixed by ``kernel=NAME``: each accepted kernel that is the best for some number
+of input rows is built (see ``KernelSpec.preferred_rows``), and each call runs the one for its
+row count. They are chosen again only when the device or dtype changes or the buffers are
+replaced.
+
+A kernel that declares ``sorted_groups`` gets the layer with its rows sorted by group once
+(:meth:`QuantLinear.sort_groups`): ``input_perm`` then holds the input feature each stored row
+reads, and every kernel computes ``x[..., input_perm] @ W_sorted`` (kernels that set
+``handles_input_perm`` gather ``x`` themselves; for the others the layer does). The layer's
+``state_dict`` and :meth:`dequantize_weight` always give the original row order.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ from torch import nn
 
 from ferrule_core.config import SUPPORTED_BITS, packing_problems
 from ferrule_core.errors import ConfigError
-from ferrule_core.format import check_tensors, default_g_idx, dequantize, num_groups
+from ferrule_core.format import (
+    check_tensors,
+    default_g_idx,
+    dequantize,
+    num_groups,
+    pack_rows,
+    unpack_rows,
+)
 from ferrule_core.format.grid import pack, quantize_rtn
 from ferrule_core.registry import Registry
 from ferrule_core.specs import KernelRequest, KernelSpec
@@ -70,8 +85,11 @@ class QuantLinear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
         else:
             self.bias = None
+        # Set by sort_groups(); not saved (state_dict writes the original row order).
+        self.register_buffer("input_perm", None, persistent=False)
         self._kernel: Any = None
         self._kernel_key: tuple[Any, ...] | None = None
+        self._plan: list[tuple[int, int | None, KernelSpec, Any]] = []
         self.kernel_spec: KernelSpec | None = None
 
     # --- building --------------------------------------------------------------------
@@ -166,17 +184,39 @@ class QuantLinear(nn.Module):
         )
 
     def select_kernel(self, device: torch.device, dtype: torch.dtype) -> KernelSpec:
-        """Choose (and build) the kernel for inputs on ``device`` in ``dtype``."""
+        """Choose (and build) the kernels for inputs on ``device`` in ``dtype``.
+
+        Returns the kernel that serves one input row.
+        """
         from ferrule_core.plugins import default_registry
 
         registry = self.registry if self.registry is not None else default_registry()
-        spec = registry.select_kernel(
+        plan = registry.select_kernels_by_rows(
             "linear", self.kernel_request(device, dtype), choice=self.kernel_choice
         )
-        self._kernel = spec.factory(self)
+        if any(spec.sorted_groups for _, _, spec in plan):
+            self.sort_groups()
+        built: dict[str, Any] = {}
+        self._plan = []
+        for low, high, spec in plan:
+            if spec.name not in built:
+                built[spec.name] = spec.factory(self)
+            self._plan.append((low, high, spec, built[spec.name]))
         self._kernel_key = (device, dtype)
-        self.kernel_spec = spec
-        return spec
+        self._use(1)
+        return self.kernel_spec
+
+    @property
+    def kernel_specs(self) -> list[KernelSpec]:
+        """The kernels built for this layer, in the order of the row counts they serve."""
+        return [spec for _, _, spec, _ in self._plan]
+
+    def _use(self, rows: int) -> None:
+        for low, high, spec, kernel in self._plan:
+            if rows >= low and (high is None or rows <= high):
+                self.kernel_spec, self._kernel = spec, kernel
+                return
+        raise AssertionError(f"the kernel plan covers no row count {rows}")  # pragma: no cover
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -186,29 +226,76 @@ class QuantLinear(nn.Module):
             )
         if self._kernel_key != (x.device, x.dtype):
             self.select_kernel(x.device, x.dtype)
-        out = self._kernel.forward(x)
+        if len(self._plan) > 1:
+            self._use(x.numel() // self.in_features)
+        kernel = self._kernel
+        if self.input_perm is not None and not getattr(kernel, "handles_input_perm", False):
+            x = x.index_select(-1, self.input_perm)
+        out = kernel.forward(x)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out
 
+    # --- row order -------------------------------------------------------------------
+
+    def sort_groups(self) -> None:
+        """Permute the stored rows once so that ``g_idx`` is non-decreasing.
+
+        Act-order (``desc_act``) layers assign rows to groups through a permutation; sorted,
+        each group's rows are contiguous, so a kernel reads a group's scales once and an
+        act-order layer costs what an in-order one does. ``input_perm[i]`` is the input
+        feature that stored row ``i`` reads. A layer already in order is left alone.
+        """
+        if self.input_perm is not None:
+            return
+        g_idx = self.g_idx.long()
+        if bool((g_idx[1:] >= g_idx[:-1]).all()):
+            return
+        order = torch.argsort(g_idx, stable=True)
+        with torch.no_grad():
+            codes = unpack_rows(self.qweight, self.bits)
+            self.qweight.copy_(pack_rows(codes.index_select(0, order), self.bits))
+            self.g_idx.copy_(self.g_idx.index_select(0, order))
+        self.input_perm = order.to(torch.int32)
+
+    def _original_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``qweight`` and ``g_idx`` in the checkpoint's row order."""
+        if self.input_perm is None:
+            return self.qweight, self.g_idx
+        order = self.input_perm.long()
+        codes = unpack_rows(self.qweight, self.bits)
+        original = torch.empty_like(codes)
+        original[order] = codes
+        g_idx = torch.empty_like(self.g_idx)
+        g_idx[order] = self.g_idx
+        return pack_rows(original, self.bits), g_idx
+
     def dequantize_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight in ``nn.Linear`` layout ``[out_features, in_features]``."""
-        weight = dequantize(
-            self.qweight, self.qzeros, self.scales, self.g_idx, self.bits, dtype=dtype
-        )
+        qweight, g_idx = self._original_rows()
+        weight = dequantize(qweight, self.qzeros, self.scales, g_idx, self.bits, dtype=dtype)
         return weight.t()
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(): buffers move, rebind
         self._forget_kernel()
         return super()._apply(fn, *args, **kwargs)
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.input_perm is not None:  # the checkpoint's row order, never the sorted one
+            qweight, g_idx = self._original_rows()
+            destination[prefix + "qweight"] = qweight
+            destination[prefix + "g_idx"] = g_idx
+
     def _load_from_state_dict(self, *args, **kwargs):  # buffers change in place
         self._forget_kernel()
+        self.input_perm = None  # what is loaded is in the checkpoint's row order
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _forget_kernel(self) -> None:
         self._kernel = None
         self._kernel_key = None
+        self._plan = []
         self.kernel_spec = None
 
     def extra_repr(self) -> str:

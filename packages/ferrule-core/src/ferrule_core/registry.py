@@ -114,6 +114,41 @@ class Registry:
             {name: reason or "accepts" for name, reason in reasons.items()},
         )
 
+    def select_kernels_by_rows(
+        self, kind: str, request: KernelRequest, choice: str | None = None
+    ) -> list[tuple[int, int | None, KernelSpec]]:
+        """Which kernel serves each number of input rows: ``[(lo, hi, spec), ...]``.
+
+        The intervals cover every ``M >= 1`` in order (``hi=None``: no upper end). For each
+        ``M`` the highest-priority accepting kernel whose ``preferred_rows`` contains ``M``
+        serves, else the highest-priority accepting kernel. With ``choice``, that kernel
+        serves every ``M`` (or a :class:`SelectionError`, as :meth:`select_kernel`).
+        """
+        best = self.select_kernel(kind, request, choice)
+        if choice is not None:
+            return [(1, None, best)]
+        accepted = [
+            self.kernels[name]
+            for name, reason in self.kernel_reasons(kind, request).items()
+            if reason is None
+        ]
+        starts = {1}
+        for spec in accepted:
+            low, high = spec.preferred_rows
+            starts.add(low)
+            if high is not None:
+                starts.add(high + 1)
+        plan: list[tuple[int, int | None, KernelSpec]] = []
+        ordered = sorted(starts)
+        for index, low in enumerate(ordered):
+            high = ordered[index + 1] - 1 if index + 1 < len(ordered) else None
+            spec = next((k for k in accepted if k.prefers(low)), best)
+            if plan and plan[-1][2] is spec:
+                plan[-1] = (plan[-1][0], high, spec)
+            else:
+                plan.append((low, high, spec))
+        return plan
+
     def platform_reasons(self) -> dict[str, str | None]:
         candidates = sorted(self.platforms.values(), key=lambda p: (-p.priority, p.name))
         return {p.name: _safe_check(p) for p in candidates}

@@ -84,6 +84,14 @@ class KernelSpec:
     and returns ``None`` when the kernel can serve, else a reason.
     ``group_sizes=None`` means any group size; ``platforms`` may contain ``"*"``.
 
+    ``preferred_rows=(lo, hi)`` (``hi=None``: no upper end) is the range of input rows
+    (``M = x.numel() // in_features``) where a linear kernel is preferred: a layer builds each
+    accepted kernel that is the best for some ``M`` and runs the one for the current ``M``
+    (the highest priority among those preferring it, else the highest). A kernel must still
+    be correct at every ``M``. ``sorted_groups=True`` asks the layer to permute its rows once
+    so that ``g_idx`` is non-decreasing before the kernel is built (act-order layers then
+    read whole groups in order, see ``QuantLinear.sort_groups``).
+
     Attention kernels (``kind="attention"``) ignore the quantization fields; they declare
     ``head_dims`` (``None``: any) and whether they handle ``sliding_window`` layers, and
     their factory returns an object with
@@ -103,6 +111,8 @@ class KernelSpec:
     min_capability: tuple[int, int] | None = None
     priority: int = 0
     check: Callable[[KernelRequest], str | None] | None = None
+    preferred_rows: tuple[int, int | None] = (1, None)
+    sorted_groups: bool = False
     head_dims: tuple[int, ...] | None = None
     sliding_window: bool = True
     description: str = ""
@@ -114,6 +124,17 @@ class KernelSpec:
                 f"KernelSpec {self.name!r}: kind={self.kind!r} is not a kernel kind; "
                 f"use one of {', '.join(KERNEL_KINDS)}"
             )
+        low, high = self.preferred_rows
+        if low < 1 or (high is not None and high < low):
+            raise ValueError(
+                f"KernelSpec {self.name!r}: preferred_rows={self.preferred_rows!r} must be "
+                "(lo, hi) with 1 <= lo <= hi, or (lo, None)"
+            )
+
+    def prefers(self, rows: int) -> bool:
+        """Whether ``rows`` input rows lie in the kernel's ``preferred_rows`` range."""
+        low, high = self.preferred_rows
+        return low <= rows and (high is None or rows <= high)
 
     def reject_reason(self, request: KernelRequest) -> str | None:
         """``None`` when this kernel can serve ``request``, else why not."""
@@ -183,6 +204,8 @@ class KernelSpec:
             if self.min_capability is None
             else ".".join(map(str, self.min_capability)),
             "priority": self.priority,
+            "preferred_rows": _rows(self.preferred_rows),
+            "sorted_groups": self.sorted_groups,
         }
 
 
@@ -302,6 +325,11 @@ class PlatformSpec:
             "preferred_kernels": list(self.preferred_kernels),
             "priority": self.priority,
         }
+
+
+def _rows(rows: tuple[int, int | None]) -> str:
+    low, high = rows
+    return f"{low}+" if high is None else f"{low}-{high}"
 
 
 def _join(values: tuple[int, ...]) -> str:

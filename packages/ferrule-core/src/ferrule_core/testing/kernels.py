@@ -88,12 +88,17 @@ def random_gptq_tensors(
 
 
 def float64_reference(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
-    """The oracle: dequantize in float64 on the CPU, then one float64 matmul."""
+    """The oracle: dequantize in float64 on the CPU, then one float64 matmul.
+
+    It reads the layer's tensors in the checkpoint's row order, so a layer whose rows a
+    kernel sorted (``QuantLinear.sort_groups``) is still checked against what it stores.
+    """
+    qweight, g_idx = (t.detach().cpu() for t in layer._original_rows())
     weight = dequantize(
-        layer.qweight.cpu(),
+        qweight,
         layer.qzeros.cpu(),
         layer.scales.cpu(),
-        layer.g_idx.cpu(),
+        g_idx,
         layer.bits,
         dtype=torch.float64,
     )

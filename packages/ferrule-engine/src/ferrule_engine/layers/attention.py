@@ -13,7 +13,10 @@ Masking, whatever the kernel: a new token at position ``p`` attends to the posit
 ``p - q < W`` (transformers' ``sliding_window_overlay``: ``kv_idx > q_idx - W``).
 
 The kernel is selected on the first forward (and again if the device or dtype changes)
-with ``KernelRequest.attention``; ``ctx.attention_kernel`` fixes it by name.
+with ``KernelRequest.attention``; ``ctx.attention_kernel`` fixes it by name. A kernel object
+with a ``write_kv(cache, key, value, slot_mapping)`` method stores the new keys and values
+itself (GPU kernels do it in one launch without reading the slots back to the host);
+otherwise :func:`write_kv` below does.
 """
 
 from __future__ import annotations
@@ -106,9 +109,10 @@ class Attention(nn.Module):
         query = query.reshape(tokens, self.num_heads, self.head_dim)
         key = key.reshape(tokens, self.num_kv_heads, self.head_dim)
         value = value.reshape(tokens, self.num_kv_heads, self.head_dim)
-        write_kv(cache, key, value, batch.slot_mapping)
         if self._kernel_key != (query.device, query.dtype):
             self.select_kernel(query.device, query.dtype)
+        # A kernel may bring its own cache writer (one launch, no host sync on -1 slots).
+        getattr(self._kernel, "write_kv", write_kv)(cache, key, value, batch.slot_mapping)
         out = self._kernel.forward(query, cache, batch)
         return out.reshape(tokens, self.num_heads * self.head_dim)
 
