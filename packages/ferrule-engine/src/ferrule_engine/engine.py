@@ -25,7 +25,6 @@ from ferrule_engine.config import SchedulerConfig
 from ferrule_engine.engine_config import (
     CPU_KV_CACHE_DEFAULT,
     CPU_KV_CACHE_SHARE,
-    GPU_KV_CACHE_SHARE,
     EngineConfig,
 )
 from ferrule_engine.model_loader import load_engine_model
@@ -36,6 +35,7 @@ from ferrule_engine.sampling_params import SamplingParams
 from ferrule_engine.scheduler import Scheduler
 
 logger = logging.getLogger("ferrule.engine")
+GIB = 1 << 30
 
 
 @dataclass
@@ -73,6 +73,7 @@ class LLMEngine:
             linear_kernel=self.config.linear_kernel,
             attention_kernel=self.config.attention_kernel,
             trust_remote_code=self.config.trust_remote_code,
+            load_format=self.config.load_format,
         )
         self.model_config = self.loaded.config
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(
@@ -88,6 +89,10 @@ class LLMEngine:
         self.runner.allocate_kv_cache(num_blocks)
         self.max_model_len = self._max_model_len(num_blocks)
         self.runner.prepare(self.max_model_len)
+        if self.device.type == "cuda" and not self.config.enforce_eager:
+            self.runner.capture_graphs(
+                min(self.config.max_cudagraph_batch, self.config.max_num_seqs), self.max_model_len
+            )
         policy = self.registry.scheduler(self.config.scheduling_policy).policy()
         self.scheduler = Scheduler(
             SchedulerConfig(
@@ -121,13 +126,13 @@ class LLMEngine:
             return self.config.num_kv_blocks
         budget = self.config.kv_cache_memory
         if budget is None:
-            _total, available = platform.memory()
             if self.device.type == "cpu":
+                _total, available = platform.memory()
                 budget = CPU_KV_CACHE_DEFAULT
                 if available:
                     budget = min(budget, int(available * CPU_KV_CACHE_SHARE))
             else:
-                budget = int(available * GPU_KV_CACHE_SHARE)
+                budget = self._gpu_kv_budget(platform)
         blocks = budget // self.runner.bytes_per_block()
         if blocks < 2:
             raise ConfigError(
@@ -135,6 +140,42 @@ class LLMEngine:
                 f"{self.runner.bytes_per_block()} bytes; give at least 2 blocks' worth"
             )
         return int(blocks)
+
+    def _gpu_kv_budget(self, platform: Any) -> int:
+        """What ``gpu_memory_utilization`` of the device leaves for the KV cache.
+
+        The peak of a profiled largest step (weights, activations, logits) and the memory
+        that is not torch's (other processes, the CUDA context) are taken off; CUDA graphs
+        reuse the activation memory pool and need little beyond it.
+        """
+        config = self.config
+        limit = config.max_model_len or getattr(
+            self.model_config, "max_position_embeddings", config.max_num_batched_tokens
+        )
+        peak = self.runner.profile_peak_memory(
+            config.max_num_batched_tokens, config.max_num_seqs, limit
+        )
+        total, free = platform.memory()
+        non_torch = max(total - free - torch.cuda.memory_reserved(self.device), 0)
+        budget = int(total * config.gpu_memory_utilization) - peak - non_torch
+        logger.info(
+            "GPU memory: %.2f GiB total, profiled peak %.2f GiB, outside torch %.2f GiB; "
+            "KV cache gets %.2f GiB (gpu_memory_utilization %.2f)",
+            total / GIB,
+            peak / GIB,
+            non_torch / GIB,
+            budget / GIB,
+            config.gpu_memory_utilization,
+        )
+        if budget < 2 * self.runner.bytes_per_block():
+            raise ConfigError(
+                f"gpu_memory_utilization={config.gpu_memory_utilization} of {total / GIB:.1f} "
+                f"GiB leaves no room for a KV cache: the weights and a step of "
+                f"{config.max_num_batched_tokens} tokens peak at {peak / GIB:.2f} GiB and "
+                f"{non_torch / GIB:.2f} GiB is used outside torch; raise it or lower "
+                "max_num_batched_tokens"
+            )
+        return budget
 
     def _max_model_len(self, num_blocks: int) -> int:
         capacity = (num_blocks - 1) * self.config.block_size

@@ -52,11 +52,14 @@ def load_engine_model(
     linear_kernel: str | None = None,
     attention_kernel: str | None = None,
     trust_remote_code: bool = False,
+    load_format: str = "auto",
 ) -> LoadedModel:
     """Read ``folder`` and return its engine model on ``device`` in ``dtype``.
 
     ``dtype="auto"`` takes the checkpoint's float dtype on GPUs and float32 on the CPU for
     float models; GPTQ models on the CPU run in bfloat16, which the CPU int4/int8 kernels take.
+    ``load_format="dummy"`` reads no weights and fills them with random values (for speed
+    measurements; see :mod:`ferrule_engine.dummy_weights`).
     """
     from transformers import AutoConfig
 
@@ -76,7 +79,15 @@ def load_engine_model(
         )
     build = _resolve(spec.engine_model)
     quantized = holds_checkpoint(folder)
-    if quantized:
+    dummy = load_format == "dummy"
+    if dummy:
+        from ferrule_core.config import QuantizeConfig
+        from ferrule_engine.dummy_weights import quantized_module_names
+
+        tensors = {}
+        quant = QuantizeConfig.load(folder) if quantized else None
+        layers = quantized_module_names(spec, config) if quantized else frozenset()
+    elif quantized:
         tensors, quant = read_checkpoint(folder)
         layers = frozenset(quantized_layers(tensors))
     else:
@@ -93,7 +104,13 @@ def load_engine_model(
     )
     with torch.device(device):
         model = build(config, ctx)
-    model.load_weights(tensors.items())
+    if dummy:
+        from ferrule_engine.dummy_weights import fill_dummy_weights
+
+        model.to(device)
+        fill_dummy_weights(model, quant)
+    else:
+        model.load_weights(tensors.items())
     model.to(device)
     model.eval()
     logger.info(

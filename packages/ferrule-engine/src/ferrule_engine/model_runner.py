@@ -17,6 +17,7 @@ import torch
 
 from ferrule_core.forward_batch import build_forward_batch
 from ferrule_engine.sampler import Sampler, SamplingRow
+from ferrule_engine.staging import stage_step
 
 logger = logging.getLogger("ferrule.engine")
 
@@ -42,6 +43,7 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
+        self.graphs = None  # DecodeGraphs once captured (CUDA only)
 
     def bytes_per_block(self) -> int:
         """KV cache bytes one block takes over all layers."""
@@ -76,6 +78,61 @@ class ModelRunner:
             if isinstance(module, RotaryEmbedding):
                 module.ensure_length(max_model_len)
 
+    @torch.inference_mode()
+    def profile_peak_memory(self, num_tokens: int, num_seqs: int, max_model_len: int) -> int:
+        """Peak device bytes of the largest step the scheduler can make, weights included.
+
+        Runs one forward of ``num_tokens`` prompt tokens (in sequences of at most
+        ``max_model_len``) against a two-block scratch cache (nothing is written: every slot
+        is ``-1``), then the logits of ``num_seqs`` rows and their softmax, which is what
+        sampling holds at its peak. Call before the KV cache is allocated.
+        """
+        device = self.device
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        self.allocate_kv_cache(2)
+        lengths = []
+        left = num_tokens
+        while left > 0:
+            lengths.append(min(left, max_model_len))
+            left -= lengths[-1]
+        width = -(-max(lengths) // self.block_size)
+        batch = build_forward_batch(
+            [[1] * width] * len(lengths), lengths, lengths, self.block_size, device=device
+        )
+        batch.slot_mapping.fill_(-1)
+        ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
+        positions = torch.cat([torch.arange(n, device=device) for n in lengths])
+        hidden = self.model(ids, positions, batch)
+        rows = hidden[: min(num_seqs, num_tokens)]
+        logits = self.model.compute_logits(rows)
+        torch.softmax(logits, dim=-1)
+        del hidden, rows, logits
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        for layer in self.layers:
+            layer.kv_cache = None
+        self.kv_caches = []
+        torch.cuda.empty_cache()
+        return int(peak)
+
+    def capture_graphs(self, max_batch: int, max_model_len: int) -> None:
+        """Capture decode CUDA graphs for batches up to ``max_batch`` (after the KV cache)."""
+        from ferrule_engine.cuda_graphs import DecodeGraphs
+
+        if max_batch < 1:
+            return
+        graphs = DecodeGraphs(
+            self.model,
+            device=self.device,
+            block_size=self.block_size,
+            max_blocks=-(-max_model_len // self.block_size),
+        )
+        with torch.inference_mode():
+            graphs.capture(max_batch)
+        self.graphs = graphs
+
     def forget(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self.generators.pop(request_id, None)
@@ -95,16 +152,36 @@ class ModelRunner:
             query_lens.append(count)
             context_lens.append(start + count)
             sample.append(item.sample)
-        batch = build_forward_batch(
-            tables, query_lens, context_lens, self.block_size, device=self.device, sample=sample
-        )
-        ids = torch.tensor(input_ids, dtype=torch.int64, device=self.device)
-        pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
-        hidden = self.model(ids, pos, batch)
         samplers = [item for item, wanted in zip(scheduled, sample, strict=True) if wanted]
-        if not samplers:
-            return StepResult({}, {})
-        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        graphs = self.graphs
+        if (
+            graphs is not None
+            and all(q == 1 for q in query_lens)
+            and len(samplers) == len(scheduled)
+            and graphs.can_run(len(scheduled), max(len(t) for t in tables))
+        ):
+            size = self.block_size
+            slots = [
+                table[p // size] * size + p % size
+                for table, p in zip(tables, positions, strict=True)
+            ]
+            hidden = graphs.run(input_ids, positions, slots, tables, context_lens)
+        else:
+            staged = stage_step(
+                input_ids,
+                positions,
+                tables,
+                query_lens,
+                context_lens,
+                self.block_size,
+                sample,
+                self.device,
+            )
+            hidden = self.model(staged.input_ids, staged.positions, staged.batch)
+            if not samplers:
+                return StepResult({}, {})
+            hidden = hidden[staged.batch.logits_indices]
+        logits = self.model.compute_logits(hidden)
         _mask_early_stops(logits, [item.request for item in samplers])
         rows = [self._row(item.request) for item in samplers]
         out = self.sampler.sample(logits, rows)

@@ -78,22 +78,40 @@ def run_engine(model: str | os.PathLike[str], requests: list[BenchRequest], **en
     seconds = time.perf_counter() - started
     useful = sum(len(o.outputs[0].token_ids) for o in outputs)
     dtype = llm.engine.loaded.context.dtype
-    del llm
-    gc.collect()
+    del llm, outputs
+    _release_memory()
     return Throughput("ferrule", seconds, useful, _prompt_tokens(requests)), dtype
 
 
 def run_transformers(
-    model: str | os.PathLike[str], requests: list[BenchRequest], batch_size: int, dtype: Any
+    model: str | os.PathLike[str],
+    requests: list[BenchRequest],
+    batch_size: int,
+    dtype: Any,
+    *,
+    random_weights: bool = False,
 ) -> Throughput:
-    """Time ``transformers`` ``generate`` on ``requests`` in batches of ``batch_size``."""
+    """Time ``transformers`` ``generate`` on ``requests`` in batches of ``batch_size``.
+
+    ``random_weights`` builds the model from its ``config.json`` with random weights (the
+    folder of a ``load_format="dummy"`` run holds none; a GPTQ folder then runs as float).
+    """
     import torch
     from transformers import GenerationConfig
 
-    from ferrule_quant.loading import load_model
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    hf = load_model(model, dtype=dtype, device=device)
+    if random_weights:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(model)
+        config.quantization_config = None
+        with torch.device(device):
+            hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        hf.eval()
+    else:
+        from ferrule_quant.loading import load_model
+
+        hf = load_model(model, dtype=dtype, device=device)
     device = next(hf.parameters()).device
     pad = 0
     useful = 0
@@ -119,7 +137,7 @@ def run_transformers(
         useful += sum(min(r.output_len, produced) for r in batch)
     seconds = time.perf_counter() - started
     del hf
-    gc.collect()
+    _release_memory()
     return Throughput("transformers", seconds, useful, _prompt_tokens(requests))
 
 
@@ -153,6 +171,14 @@ def report(ours: Throughput, theirs: Throughput, settings: dict[str, Any]) -> di
         ],
         "ratio": ours.tokens_per_second / theirs.tokens_per_second,
     }
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _prompt_tokens(requests: list[BenchRequest]) -> int:

@@ -1,4 +1,5 @@
-"""``ferrule bench throughput``: offline throughput of the engine against ``transformers``."""
+"""``ferrule bench throughput`` (the engine against ``transformers``) and ``bench serve``;
+the GPU benchmarks (``kernels``, ``latency``, ``random-model``) are in :mod:`bench_gpu`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ferrule.cli.bench_gpu import add_gpu_benchmarks
 from ferrule.cli.engine_args import add_engine_arguments, engine_kwargs
 
 
@@ -54,6 +56,7 @@ def add_parser(subparsers: Any) -> None:
     serve.add_argument("--api-key", help="bearer key, if the server wants one")
     serve.add_argument("--json", action="store_true", help="print the result as JSON")
     serve.set_defaults(run=run_serve)
+    add_gpu_benchmarks(benches)
 
 
 def run_throughput(args: argparse.Namespace) -> int:
@@ -73,7 +76,13 @@ def run_throughput(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     ours, dtype = run_engine(args.model, requests, **engine_kwargs(args))
-    theirs = run_transformers(args.model, requests, args.hf_batch_size, dtype)
+    theirs = run_transformers(
+        args.model,
+        requests,
+        args.hf_batch_size,
+        dtype,
+        random_weights=args.load_format == "dummy",
+    )
     settings = {
         "model": str(args.model),
         "num_prompts": args.num_prompts,

@@ -21,6 +21,21 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (16)")
     group.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     group.add_argument("--kernel", help="linear kernel for a GPTQ model (default: selected)")
+    group.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="share of the GPU's memory the engine may use, KV cache included (0.9)",
+    )
+    group.add_argument(
+        "--enforce-eager", action="store_true", help="no CUDA graphs for decode steps"
+    )
+    group.add_argument(
+        "--load-format",
+        choices=("auto", "dummy"),
+        default="auto",
+        help="dummy: random weights of the folder's shapes, for speed measurements (auto)",
+    )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -35,4 +50,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "block_size": args.block_size,
         "enable_prefix_caching": not args.no_prefix_caching,
         "linear_kernel": args.kernel,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "enforce_eager": args.enforce_eager,
+        "load_format": args.load_format,
     }

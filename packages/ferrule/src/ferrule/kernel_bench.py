@@ -1,0 +1,199 @@
+"""``ferrule bench kernels``: W4A16 GPTQ matmuls against fp16 cuBLAS and torch's int4 kernel.
+
+For each weight shape ``K x N`` (input x output features) and each row count ``M`` it times,
+in one run on one GPU:
+
+- ``fp16``: ``torch.matmul`` of float16 ``[M, K] @ [K, N]`` (cuBLAS), the baseline;
+- ``torch-int4``: torch's ``_weight_int4pack_mm`` (bfloat16 activations), when installed as a
+  ferrule kernel (``ferrule-cuda-kernels``);
+- ``ours``: a ``QuantLinear`` (4-bit, group size 128) with the kernel ferrule selects for
+  that ``M``, and the same layer with act-order (``desc_act``) rows;
+- each named kernel given with ``--kernel``, forced.
+
+Every timing is the median over CUDA-graph replays of a chain of calls that rotates over
+enough copies of the weights to overflow the L2 cache, so launch gaps and cache hits stay out
+of the numbers. Ratios are fp16 time over the kernel's time (above 1: faster than fp16);
+GB/s counts the bytes a call must move (weights, scales, zeros, activations, output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192))
+ROWS = (1, 4, 16, 64, 256, 1024)
+GROUP_SIZE = 128
+CACHE_BYTES = 256 << 20  # rotate over at least this many bytes of weights (L2 is 50-60 MB)
+MAX_COPIES = 16
+CALLS_PER_GRAPH = 16
+
+
+@dataclass
+class KernelTime:
+    k: int
+    n: int
+    m: int
+    name: str
+    kernel: str
+    microseconds: float
+    bytes_moved: int
+    ratio_vs_fp16: float = float("nan")
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_moved / self.microseconds / 1e3
+
+
+def time_calls(calls: list[Any], repeats: int = 20) -> float:
+    """Median microseconds of one call, over graph replays of ``calls`` run in turn."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:  # warm up: selection, compilation, autotuning
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    chain = [calls[i % len(calls)] for i in range(max(CALLS_PER_GRAPH, len(calls)))]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in chain:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(chain))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _copies(bytes_each: int) -> int:
+    return max(1, min(MAX_COPIES, -(-CACHE_BYTES // max(bytes_each, 1))))
+
+
+def _quant_layers(k: int, n: int, copies: int, *, desc_act: bool, kernel: str | None):
+    import torch
+
+    from ferrule_core import QuantLinear
+    from ferrule_core.testing import random_gptq_tensors
+
+    layers = []
+    for copy in range(copies):
+        gen = torch.Generator().manual_seed(copy)
+        tensors = random_gptq_tensors(k, n, 4, GROUP_SIZE, desc_act=desc_act, generator=gen)
+        layer = QuantLinear.from_tensors(tensors, 4, GROUP_SIZE, desc_act=desc_act, kernel=kernel)
+        layers.append(layer.cuda())
+    return layers
+
+
+def _w4_bytes(k: int, n: int, m: int) -> int:
+    groups = -(-k // GROUP_SIZE)
+    return k * n // 2 + groups * n * 2 + groups * n // 2 + m * k * 2 + m * n * 2
+
+
+def bench_shape(
+    k: int, n: int, rows: tuple[int, ...], kernels: tuple[str, ...]
+) -> list[KernelTime]:
+    """Every timing of one weight shape."""
+    import torch
+
+    results: list[KernelTime] = []
+    fp16_bytes = k * n * 2
+    weights = [
+        torch.randn(k, n, device="cuda", dtype=torch.float16) * 0.02
+        for _ in range(_copies(fp16_bytes))
+    ]
+    w4 = _copies(_w4_bytes(k, n, 1))
+    candidates: list[tuple[str, str | None, bool, torch.dtype]] = [
+        ("ours", None, False, torch.float16),
+        ("ours act-order", None, True, torch.float16),
+        ("torch-int4", "torch-int4", False, torch.bfloat16),
+    ] + [(name, name, False, torch.float16) for name in kernels]
+    layer_sets = {}
+    for label, kernel, desc_act, _ in candidates:
+        try:
+            layer_sets[label] = _quant_layers(k, n, w4, desc_act=desc_act, kernel=kernel)
+        except Exception as exc:
+            layer_sets[label] = exc
+    for m in rows:
+        x16 = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        calls = [lambda w=w, x=x16: torch.matmul(x, w) for w in weights]
+        base = time_calls(calls)
+        results.append(
+            KernelTime(k, n, m, "fp16", "cuBLAS", base, fp16_bytes + 2 * (m * k + m * n))
+        )
+        results[-1].ratio_vs_fp16 = 1.0
+        for label, _kernel, _desc_act, dtype in candidates:
+            layers = layer_sets[label]
+            if isinstance(layers, Exception):
+                continue
+            x = x16.to(dtype)
+            try:
+                with torch.inference_mode():
+                    layers[0](x)
+                    name = layers[0].kernel_spec.name
+                    calls = [lambda layer=layer, x=x: layer(x) for layer in layers]
+                    micro = time_calls(calls)
+            except Exception as exc:
+                print(f"  {label} at {k}x{n} M={m}: {type(exc).__name__}: {exc}")
+                continue
+            row = KernelTime(k, n, m, label, name, micro, _w4_bytes(k, n, m))
+            row.ratio_vs_fp16 = base / micro
+            results.append(row)
+    return results
+
+
+def run(
+    shapes: tuple[tuple[int, int], ...] = SHAPES,
+    rows: tuple[int, ...] = ROWS,
+    kernels: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("ferrule: error: bench kernels needs a CUDA GPU; none is visible")
+    results = []
+    for k, n in shapes:
+        results.extend(bench_shape(k, n, rows, kernels))
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "group_size": GROUP_SIZE,
+        "results": [asdict(r) | {"gb_per_s": r.gb_per_s} for r in results],
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = report["results"]
+    labels = list(dict.fromkeys(r["name"] for r in rows if r["name"] != "fp16"))
+    header = f"{'K x N':>12} {'M':>5} {'fp16 us':>9}"
+    for label in labels:
+        header += f" {label + ' x':>16}"
+    lines = [header]
+    by_case: dict[tuple[int, int, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_case.setdefault((r["k"], r["n"], r["m"]), {})[r["name"]] = r
+    kernels_used: dict[str, set[str]] = {}
+    for (k, n, m), case in by_case.items():
+        line = f"{f'{k}x{n}':>12} {m:>5} {case['fp16']['microseconds']:>9.1f}"
+        for label in labels:
+            r = case.get(label)
+            if r is None:
+                line += f" {'-':>16}"
+                continue
+            kernels_used.setdefault(label, set()).add(r["kernel"])
+            cell = f"{r['ratio_vs_fp16']:.2f} ({r['gb_per_s']:.0f}GB/s)"
+            line += f" {cell:>16}"
+        lines.append(line)
+    lines.append(
+        "ratio = fp16 time / kernel time; W4 g128; kernels: "
+        + "; ".join(f"{label}: {', '.join(sorted(v))}" for label, v in kernels_used.items())
+    )
+    lines.append(f"GPU: {report['gpu']}")
+    return "\n".join(lines)
