@@ -39,6 +39,18 @@ SIZES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def free_gpu_memory():
+    """Each engine takes most of the GPU: the previous test's must be gone first."""
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    yield
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return write_tiny_model(
