@@ -270,8 +270,9 @@ class LLMEngine:
 
     # --- one step --------------------------------------------------------------------
 
-    def step(self) -> list[Any]:
-        """Run one scheduler step; return the outputs of the requests it changed."""
+    def step(self, finished_only: bool = False) -> list[Any]:
+        """Run one scheduler step; return the outputs of the requests it changed (with
+        ``finished_only``, of those it finished)."""
         started = time.perf_counter()
         output = self.scheduler.schedule()
         if not output.scheduled:
@@ -288,7 +289,7 @@ class LLMEngine:
         self.stats.computed_tokens += output.num_batched_tokens
         self.stats.generated_tokens += len(result.sampled)
         self.stats.busy_seconds += time.perf_counter() - started
-        return self.outputs.changed(now)
+        return self.outputs.changed(now, finished_only)
 
     def prefix_cache_stats(self) -> dict[str, float]:
         manager = self.scheduler.kv_manager

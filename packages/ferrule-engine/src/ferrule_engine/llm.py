@@ -114,7 +114,7 @@ class LLM:
         bar = tqdm(total=len(request_ids), disable=not use_tqdm, desc="generating")
         try:
             while len(done) < len(wanted):
-                outputs = self.engine.step()
+                outputs = self.engine.step(finished_only=True)
                 for output in outputs:
                     if output.finished and output.request_id in wanted:
                         done[output.request_id] = output

@@ -147,8 +147,12 @@ class OutputProcessor:
             return False
         return request.stop_reason == token or token == request.eos_token_id
 
-    def changed(self, now: float) -> list[RequestOutput]:
-        """Outputs of the requests that changed since the last call; finished ones are dropped."""
+    def changed(self, now: float, finished_only: bool = False) -> list[RequestOutput]:
+        """Outputs of the requests that changed since the last call; finished ones are dropped.
+
+        With ``finished_only`` only finished requests make an output (offline callers that
+        wait for the end skip building a snapshot per request per step).
+        """
         outputs = []
         for request_id in [r for r, g in self.groups.items() if g.changed]:
             group = self.groups[request_id]
@@ -156,6 +160,8 @@ class OutputProcessor:
             if group.finished:
                 group.metrics.finished_time = now
                 self._drop(request_id)
+            elif finished_only:
+                continue
             outputs.append(group.output())
         return outputs
 

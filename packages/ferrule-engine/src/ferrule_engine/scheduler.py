@@ -217,7 +217,9 @@ class Scheduler:
 
     def _allocate_running(self, request: Request, count: int, out: SchedulerOutput) -> bool:
         """Allocate for a running request, preempting from the lowest end; False if it was."""
-        scheduled = {item.request_id for item in out.scheduled}
+        if self.kv_manager.allocate_slots(request, count) is not None:
+            return True
+        scheduled = {item.request_id for item in out.scheduled}  # only when preempting
         while self.kv_manager.allocate_slots(request, count) is None:
             others = (r for r in reversed(self.running) if r.request_id not in scheduled)
             victim = next((r for r in others if r is not request), request)
