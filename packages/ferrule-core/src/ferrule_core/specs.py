@@ -15,7 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-KERNEL_KINDS = ("linear", "attention", "moe")
+KERNEL_KINDS = ("linear", "attention", "moe", "norm", "rotary")
+# Fused helpers of engine layers: RMSNorm with the residual add, rotary embedding of q and k.
+FUSED_KINDS = ("norm", "rotary")
 ANY_PLATFORM = "*"
 
 
@@ -63,6 +65,8 @@ class KernelRequest:
         )
 
     def describe(self) -> str:
+        if self.bits == 16 and not self.in_features and not self.head_dim:
+            return f"{self.dtype} on {self.platform}"
         if self.head_dim:
             window = f", sliding window {self.sliding_window}" if self.sliding_window else ""
             return f"attention head_dim={self.head_dim}{window}, {self.dtype} on {self.platform}"
@@ -91,6 +95,11 @@ class KernelSpec:
     be correct at every ``M``. ``sorted_groups=True`` asks the layer to permute its rows once
     so that ``g_idx`` is non-decreasing before the kernel is built (act-order layers then
     read whole groups in order, see ``QuantLinear.sort_groups``).
+
+    Fused helpers (``kind="norm"``: RMSNorm with an optional residual add, factory(norm
+    layer) -> ``forward(x, residual=None)``; ``kind="rotary"``: rotary embedding of queries
+    and keys, factory(rotary layer) -> ``forward(positions, query, key)``) ignore the
+    quantization fields; a rotary kernel may declare ``head_dims``.
 
     Attention kernels (``kind="attention"``) ignore the quantization fields; they declare
     ``head_dims`` (``None``: any) and whether they handle ``sliding_window`` layers, and
@@ -142,6 +151,8 @@ class KernelSpec:
             return f"runs on {', '.join(self.platforms)}, not {request.platform}"
         if self.kind == "attention":
             reason = self._attention_reason(request)
+        elif self.kind in FUSED_KINDS:
+            reason = self._head_dim_reason(request)
         else:
             reason = self._quantization_reason(request)
         if reason is not None:
@@ -158,9 +169,15 @@ class KernelSpec:
             return self.check(request)
         return None
 
-    def _attention_reason(self, request: KernelRequest) -> str | None:
+    def _head_dim_reason(self, request: KernelRequest) -> str | None:
         if self.head_dims is not None and request.head_dim not in self.head_dims:
             return f"supports head dims {_join(self.head_dims)}, not {request.head_dim}"
+        return None
+
+    def _attention_reason(self, request: KernelRequest) -> str | None:
+        reason = self._head_dim_reason(request)
+        if reason is not None:
+            return reason
         if request.sliding_window and not self.sliding_window:
             return "does not support sliding-window attention"
         return None
@@ -179,6 +196,14 @@ class KernelSpec:
         return None
 
     def capabilities(self) -> dict[str, Any]:
+        if self.kind in FUSED_KINDS:
+            return {
+                "kind": self.kind,
+                "platforms": list(self.platforms),
+                "head_dims": "any" if self.head_dims is None else list(self.head_dims),
+                "dtypes": list(self.dtypes),
+                "priority": self.priority,
+            }
         if self.kind == "attention":
             return {
                 "kind": self.kind,

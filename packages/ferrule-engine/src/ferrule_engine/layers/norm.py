@@ -1,8 +1,10 @@
 """Normalisation layers with Hugging Face's numerics.
 
 :class:`RMSNorm` computes as transformers' ``LlamaRMSNorm``: the mean square in float32,
-then ``weight * normed.to(input dtype)``. :class:`LayerNorm` is ``nn.LayerNorm``'s
-computation with parameters ``weight`` and ``bias``.
+then ``weight * normed.to(input dtype)``. Given a ``residual`` it first adds it (the
+decoder's ``hidden + residual`` in the input dtype) and returns the normalised sum with the
+sum: the form a fused ``norm`` kernel (:mod:`.fused`) computes in one launch.
+:class:`LayerNorm` is ``nn.LayerNorm``'s computation with parameters ``weight`` and ``bias``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ferrule_engine.layers.context import ModelContext
+from ferrule_engine.layers.fused import FusedDispatch
 
 
 def _place(ctx: ModelContext | None) -> dict:
@@ -26,12 +29,29 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size, **_place(ctx)), requires_grad=False)
+        self.fused = FusedDispatch("norm", ctx.registry if ctx is not None else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``norm(x)``, or with ``residual`` the pair ``(norm(x + residual), x + residual)``."""
+        kernel = self.fused.kernel(self, x)
+        if kernel is not None:
+            return kernel.forward(x, residual)
+        if residual is not None:
+            x = x + residual
+            return self._norm(x), x
+        return self._norm(x)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.to(torch.float32)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
+
+    def _apply(self, fn, *args, **kwargs):  # moved or cast: choose the kernel again
+        self.fused.forget()
+        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"

@@ -13,7 +13,8 @@ pairs (GPT-J). With a partial rotary factor only the first ``rotary_dim`` featur
 head rotate; the rest pass through.
 
 ``cos`` and ``sin`` are cached per position in float32 (``cos(p * inv_freq) * scaling``,
-the same arithmetic as transformers), and cast to the query dtype when applied.
+the same arithmetic as transformers), and cast to the query dtype when applied. A ``rotary``
+kernel from the registry (:mod:`.fused`) may apply them to queries and keys in one launch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from ferrule_core.errors import ConfigError
+from ferrule_engine.layers.fused import FusedDispatch
 
 REFUSED_ROPE_TYPES = {
     "dynamic": "dynamic NTK scaling recomputes frequencies from each call's longest position",
@@ -43,6 +45,7 @@ class RotaryEmbedding(nn.Module):
         is_neox_style: bool = True,
         max_position: int = 2048,
         device: torch.device | str | None = None,
+        registry: Any = None,
     ):
         super().__init__()
         rotary_dim = 2 * inv_freq.numel()
@@ -61,6 +64,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_cache", torch.empty(0, rotary_dim // 2), persistent=False)
         self.register_buffer("sin_cache", torch.empty(0, rotary_dim // 2), persistent=False)
         self.ensure_length(max_position)
+        self.fused = FusedDispatch("rotary", registry, head_dim)
 
     @classmethod
     def from_config(
@@ -71,6 +75,7 @@ class RotaryEmbedding(nn.Module):
         is_neox_style: bool = True,
         layer_type: str | None = None,
         device: torch.device | str | None = None,
+        registry: Any = None,
     ) -> RotaryEmbedding:
         """RoPE as transformers builds it for ``config`` (``rope_parameters``)."""
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -106,6 +111,7 @@ class RotaryEmbedding(nn.Module):
             is_neox_style=is_neox_style,
             max_position=getattr(config, "max_position_embeddings", None) or 2048,
             device=device,
+            registry=registry,
         )
 
     def ensure_length(self, num_positions: int) -> None:
@@ -124,6 +130,9 @@ class RotaryEmbedding(nn.Module):
         """``query`` and ``key`` rotated by each token's position (new tensors, same shapes)."""
         if positions.numel() and positions.device.type == "cpu":
             self.ensure_length(int(positions.max()) + 1)  # free on the CPU; else pre-size
+        kernel = self.fused.kernel(self, query)
+        if kernel is not None:
+            return kernel.forward(positions, query, key)
         cos = self.cos_cache.index_select(0, positions)[:, None, :]
         sin = self.sin_cache.index_select(0, positions)[:, None, :]
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
@@ -142,6 +151,10 @@ class RotaryEmbedding(nn.Module):
         if rest.shape[-1]:
             out = torch.cat((out, rest), dim=-1)
         return out.reshape(shape)
+
+    def _apply(self, fn, *args, **kwargs):  # moved or cast: choose the kernel again
+        self.fused.forget()
+        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
         style = "neox" if self.is_neox_style else "gptj"

@@ -136,11 +136,19 @@ class LlamaLikeDecoderLayer(nn.Module):
         self,
         positions: torch.Tensor,
         hidden: torch.Tensor,
+        residual: torch.Tensor | None,
         batch: ForwardBatch,
         rotary: RotaryEmbedding,
-    ) -> torch.Tensor:
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), batch, rotary)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(block output, residual stream)``; the caller adds them (the next block's norm
+        does, fused). The first block gets ``residual=None``."""
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, batch, rotary)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaLikeModel(nn.Module):
@@ -155,15 +163,18 @@ class LlamaLikeModel(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx=ctx)
         self.rotary_emb = RotaryEmbedding.from_config(
-            config, head_dim=family.head_dim_of(config), device=ctx.device
+            config, head_dim=family.head_dim_of(config), device=ctx.device, registry=ctx.registry
         )
 
     def forward(
         self, hidden: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch
     ) -> torch.Tensor:
+        residual = None
         for layer in self.layers:
-            hidden = layer(positions, hidden, batch, self.rotary_emb)
-        return self.norm(hidden)
+            hidden, residual = layer(positions, hidden, residual, batch, self.rotary_emb)
+        if residual is None:  # no layers
+            return self.norm(hidden)
+        return self.norm(hidden, residual)[0]
 
 
 class LlamaLikeForCausalLM(EngineModel):

@@ -1,0 +1,61 @@
+"""Fused helpers chosen through the registry: ``norm`` and ``rotary`` kernels.
+
+An engine layer that has a fused form (RMSNorm with the residual add, rotary embedding of
+queries and keys) asks the registry for a kernel of that kind on the first call for the
+input's device and dtype; a platform plugin may offer one (``ferrule-triton-kernels`` does
+for GPUs), otherwise, or when every candidate refuses, the layer computes with torch ops.
+On a GPU this saves launches: RMSNorm in torch ops is about seven kernels, the rotary
+embedding about twenty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class FusedDispatch:
+    """The ``kind`` kernel for a layer, by device and dtype, or ``None`` (use torch)."""
+
+    def __init__(self, kind: str, registry: Any = None, head_dim: int = 0):
+        self.kind = kind
+        self.registry = registry
+        self.head_dim = head_dim
+        self._key: tuple[Any, ...] | None = None
+        self._kernel: Any = None
+        self.spec: Any = None
+
+    def kernel(self, layer: torch.nn.Module, x: torch.Tensor) -> Any:
+        key = (x.device, x.dtype)
+        if key != self._key:
+            self._kernel, self.spec = self._select(layer, x)
+            self._key = key
+        return self._kernel
+
+    def forget(self) -> None:
+        self._key = None
+        self._kernel = None
+        self.spec = None
+
+    def _select(self, layer: torch.nn.Module, x: torch.Tensor) -> tuple[Any, Any]:
+        from ferrule_core.errors import SelectionError
+        from ferrule_core.plugins import default_registry
+        from ferrule_core.quant_linear import platform_of
+        from ferrule_core.specs import KernelRequest
+
+        registry = self.registry if self.registry is not None else default_registry()
+        capability = None
+        if x.device.type == "cuda":
+            capability = tuple(torch.cuda.get_device_capability(x.device))
+        request = KernelRequest(
+            platform=platform_of(x.device),
+            dtype=str(x.dtype).removeprefix("torch."),
+            head_dim=self.head_dim,
+            capability=capability,
+        )
+        try:
+            spec = registry.select_kernel(self.kind, request)
+        except SelectionError:
+            return None, None
+        return spec.factory(layer), spec
