@@ -19,6 +19,7 @@ annotations name torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -81,9 +82,9 @@ class ForwardBatch:
     def max_seq_len(self) -> int:
         return max(self.context_lens, default=0)
 
-    @property
+    @cached_property
     def decode_only(self) -> bool:
-        """Every sequence brings exactly one new token."""
+        """Every sequence brings exactly one new token (computed once: every layer asks)."""
         return all(q == 1 for q in self.query_lens)
 
 

@@ -79,17 +79,31 @@ def _copies(bytes_each: int) -> int:
 
 
 def _quant_layers(k: int, n: int, copies: int, *, desc_act: bool, kernel: str | None):
+    """``copies`` 4-bit layers of random GPTQ tensors, drawn on the GPU (fast at any size)."""
     import torch
 
     from ferrule_core import QuantLinear
-    from ferrule_core.testing import random_gptq_tensors
+    from ferrule_core.format import pack_cols
 
+    groups = -(-k // GROUP_SIZE)
+    info = torch.iinfo(torch.int32)
+    zeros = pack_cols(torch.full((1, n), 8, dtype=torch.int32), 4).cuda().expand(groups, -1)
     layers = []
-    for copy in range(copies):
-        gen = torch.Generator().manual_seed(copy)
-        tensors = random_gptq_tensors(k, n, 4, GROUP_SIZE, desc_act=desc_act, generator=gen)
-        layer = QuantLinear.from_tensors(tensors, 4, GROUP_SIZE, desc_act=desc_act, kernel=kernel)
-        layers.append(layer.cuda())
+    for _ in range(copies):
+        order = torch.randperm(k, device="cuda") if desc_act else torch.arange(k, device="cuda")
+        g_idx = torch.empty(k, dtype=torch.int32, device="cuda")
+        g_idx[order] = (torch.arange(k, device="cuda") // GROUP_SIZE).to(torch.int32)
+        tensors = {
+            "qweight": torch.randint(
+                info.min, info.max, (k // 8, n), device="cuda", dtype=torch.int32
+            ),
+            "qzeros": zeros.contiguous(),
+            "scales": (torch.rand(groups, n, device="cuda") * 0.01 + 0.001).half(),
+            "g_idx": g_idx,
+        }
+        layers.append(
+            QuantLinear.from_tensors(tensors, 4, GROUP_SIZE, desc_act=desc_act, kernel=kernel)
+        )
     return layers
 
 
@@ -154,6 +168,7 @@ def run(
     shapes: tuple[tuple[int, int], ...] = SHAPES,
     rows: tuple[int, ...] = ROWS,
     kernels: tuple[str, ...] = (),
+    progress: bool = False,
 ) -> dict[str, Any]:
     import torch
 
@@ -161,7 +176,15 @@ def run(
         raise SystemExit("ferrule: error: bench kernels needs a CUDA GPU; none is visible")
     results = []
     for k, n in shapes:
-        results.extend(bench_shape(k, n, rows, kernels))
+        rows_of_shape = bench_shape(k, n, rows, kernels)
+        results.extend(rows_of_shape)
+        if progress:
+            for r in rows_of_shape:
+                print(
+                    f"  {k}x{n} M={r.m} {r.name} [{r.kernel}]: {r.microseconds:.1f} us, "
+                    f"{r.ratio_vs_fp16:.2f}x fp16, {r.gb_per_s:.0f} GB/s",
+                    flush=True,
+                )
     return {
         "gpu": torch.cuda.get_device_name(),
         "group_size": GROUP_SIZE,

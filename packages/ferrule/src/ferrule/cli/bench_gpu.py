@@ -85,7 +85,12 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 def run_kernels(args: argparse.Namespace) -> int:
     from ferrule.kernel_bench import format_table, run
 
-    report = run(tuple(_shapes(args.shapes)), tuple(_ints(args.rows, "--rows")), tuple(args.kernel))
+    report = run(
+        tuple(_shapes(args.shapes)),
+        tuple(_ints(args.rows, "--rows")),
+        tuple(args.kernel),
+        progress=not args.json,
+    )
     print(json.dumps(report) if args.json else format_table(report))
     return 0
 

@@ -1,0 +1,50 @@
+// The interface between the torch binding (gptq_gemv.cpp) and the kernels (gptq_gemv.cu).
+//
+// The .cu file includes no torch header: it takes raw pointers, so nvcc compiles it quickly
+// and it can be checked without torch. The binding validates the tensors, allocates the
+// output and the split-K workspace, and passes the current CUDA stream.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ferrule_gemv {
+
+// y[M, N] = x[M, K] @ W[K, N] for a GPTQ layer whose rows are sorted by group (g = k / group).
+struct Problem {
+  const void* x;         // [M, K] float16 or bfloat16, any strides (elements)
+  int64_t x_stride_m;
+  int64_t x_stride_k;
+  const int32_t* perm;   // [K]: row k of the weight reads x[:, perm[k]]; nullptr: identity
+  const int32_t* qweight;  // [K * bits / 32, N], packed along K (GPTQ)
+  const int32_t* qzeros;   // [G, N * bits / 32], packed along N (gptq_v2: the true zero)
+  const void* scales;      // [G, N], the activation dtype
+  void* out;               // [M, N] contiguous, the activation dtype
+  float* workspace;        // [splits, M, N] float32 partial sums, when splits > 1
+  int32_t* counters;       // one per output tile, zero between launches (the kernel resets them)
+  int M;
+  int K;
+  int N;
+  int group_size;  // rows per group; K (or more) for one group (per-channel)
+  int group_shift;  // filled by plan(): log2(group_size) for a power of two, else -1
+  int bits;        // 4 or 8
+  bool bf16;       // activations (and scales) are bfloat16, else float16
+  // Filled by plan():
+  int tile_rows;        // rows of x one block serves: 1, 2, 4 or 8
+  int splits;           // blocks sharing one output tile along K (split-K)
+  int units_per_split;  // 4-word units of K each split reads
+};
+
+// Rows of K one unit covers: 4 packed words, so 32 at 4 bits and 16 at 8 bits. A group must
+// be a whole number of units (scales and zeros are loaded once per unit).
+inline int unit_rows(int bits) { return 4 * (32 / bits); }
+
+// Choose group_shift, tile_rows, splits and units_per_split for a device of `num_sms`
+// multiprocessors; splits stays 1 unless `counter_capacity` counters cover every output tile.
+void plan(Problem& p, int num_sms, int64_t counter_capacity);
+
+// Launch on `stream`; returns the launch's error (cudaSuccess when it was queued).
+cudaError_t launch(const Problem& p, cudaStream_t stream);
+
+}  // namespace ferrule_gemv

@@ -1,0 +1,102 @@
+"""The ``cuda`` entry point: the CUDA platform and two CUDA linear kernels.
+
+Importing this module imports no torch: the kernels load in their factories and the checks
+import torch when selection calls them.
+
+- ``cuda-gptq-gemv``: 4- and 8-bit layers, float16 and bfloat16, a CUDA C++ GEMV that reads
+  GPTQ's layout in place, preferred for 1 to 8 input rows (decode). It compiles on first use
+  (needs the CUDA toolkit's nvcc and ninja, see :mod:`ferrule_cuda_kernels.extension`); where
+  it cannot, it refuses with the reason and selection moves on.
+- ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
+  activations, sm_80+; a candidate the benchmarks compare.
+
+Both declare ``sorted_groups``: act-order layers are permuted once so each group is a run of
+rows, and they cost what an in-order layer does.
+"""
+
+from __future__ import annotations
+
+from ferrule_core import KernelSpec, PlatformSpec, hookimpl
+from ferrule_cuda_kernels.checks import check_gemv, check_torch_int4
+from ferrule_cuda_kernels.platform import capability, check, memory
+
+GEMV_PRIORITY = 30
+TORCH_INT4_PRIORITY = 15
+PLATFORM_PRIORITY = 20
+
+
+def _gemv_factory(layer):
+    from ferrule_cuda_kernels.gemv import CudaGptqGemv
+
+    return CudaGptqGemv(layer)
+
+
+def _torch_int4_factory(layer):
+    from ferrule_cuda_kernels.torch_int4 import TorchInt4Kernel
+
+    return TorchInt4Kernel(layer)
+
+
+@hookimpl
+def ferrule_register_platforms():
+    return [
+        PlatformSpec(
+            name="cuda",
+            device_type="cuda",
+            check=check,
+            memory=memory,
+            capability=capability,
+            distributed_backend="nccl",
+            preferred_kernels=("cuda-gptq-gemv", "torch-int4"),
+            priority=PLATFORM_PRIORITY,
+            description="NVIDIA GPUs through a CUDA build of torch (device memory, nccl)",
+        )
+    ]
+
+
+@hookimpl
+def ferrule_register_kernels():
+    return [
+        KernelSpec(
+            name="cuda-gptq-gemv",
+            kind="linear",
+            factory=_gemv_factory,
+            platforms=("cuda",),
+            bits=(4, 8),
+            group_sizes=None,
+            desc_act=True,
+            sym=True,
+            asym=True,
+            dtypes=("float16", "bfloat16"),
+            min_capability=(7, 0),
+            priority=GEMV_PRIORITY,
+            check=check_gemv,
+            preferred_rows=(1, 8),
+            sorted_groups=True,
+            description=(
+                "CUDA C++ GEMV on GPTQ's own layout for 1-8 rows (more in passes of 8): "
+                "16-byte weight loads, split-K, float32 accumulation; group sizes that are "
+                "multiples of 32 (4-bit) or 16 (8-bit), or -1; compiled on first use (nvcc)"
+            ),
+        ),
+        KernelSpec(
+            name="torch-int4",
+            kind="linear",
+            factory=_torch_int4_factory,
+            platforms=("cuda",),
+            bits=(4,),
+            group_sizes=None,
+            desc_act=True,
+            sym=True,
+            asym=True,
+            dtypes=("bfloat16",),
+            min_capability=(8, 0),
+            priority=TORCH_INT4_PRIORITY,
+            check=check_torch_int4,
+            sorted_groups=True,
+            description=(
+                "torch's tensor-core int4 matmul (aten._weight_int4pack_mm, torch>=2.5) on a "
+                "repacked copy; groups of multiples of 32 rows; bfloat16 activations"
+            ),
+        ),
+    ]

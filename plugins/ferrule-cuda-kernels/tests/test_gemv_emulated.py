@@ -1,0 +1,175 @@
+"""cuda-gptq-gemv's CUDA source, run on the CPU against the float64 oracle.
+
+``emulation/cuda_host_shim.h`` lets a host C++ compiler build ``gptq_gemv.cu`` unchanged except
+for its launch statement: each block's 256 threads run as threads with real barriers and warp
+shuffles, so the kernel's indexing, staging, dequantization arithmetic, split-K reduction and
+counter reset are all exercised. It needs a C++20 compiler and the CUDA headers (no GPU); where
+either is missing the tests skip. The GPU tests (``test_gemv_gpu.py``) run the same cases on
+hardware.
+"""
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from ferrule_core.quant_linear import QuantLinear
+from ferrule_core.testing.kernels import (
+    TOLERANCE,
+    float64_reference,
+    random_gptq_tensors,
+    relative_error,
+)
+from ferrule_cuda_kernels import extension
+
+SHIM = Path(__file__).with_name("emulation") / "cuda_host_shim.h"
+LAUNCH = "gptq_gemv_kernel<T, BITS, ROWS><<<grid, kThreads, 0, stream>>>(p);"
+EMULATED_LAUNCH = "(void)stream; emulate_launch(gptq_gemv_kernel<T, BITS, ROWS>, grid, p);"
+ENTRY = """
+extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
+                             const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
+                             const void* scales, void* out, float* workspace, int32_t* counters,
+                             int M, int K, int N, int group_size, int bits, int bf16,
+                             int num_sms, int64_t capacity, int* plan) {
+  ferrule_gemv::Problem p{};
+  p.x = x; p.x_stride_m = stride_m; p.x_stride_k = stride_k; p.perm = perm;
+  p.qweight = qweight; p.qzeros = qzeros; p.scales = scales; p.out = out;
+  p.workspace = workspace; p.counters = counters;
+  p.M = M; p.K = K; p.N = N; p.group_size = group_size; p.bits = bits; p.bf16 = bf16 != 0;
+  ferrule_gemv::plan(p, num_sms, capacity);
+  plan[0] = p.tile_rows; plan[1] = p.splits; plan[2] = p.units_per_split;
+  return workspace == nullptr ? 0 : static_cast<int>(ferrule_gemv::launch(p, nullptr));
+}
+"""
+NUM_SMS = 4  # with 2 resident blocks each: small layers already split K
+
+
+def cuda_include() -> Path | None:
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        homes.append(str(Path(nvcc).resolve().parent.parent))
+    for home in filter(None, homes):
+        include = Path(home) / "include"
+        if (include / "cuda_runtime.h").exists() and (include / "cuda_fp16.h").exists():
+            return include
+    return None
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    include = cuda_include()
+    if compiler is None or include is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers")
+    source = (extension.CSRC / "gptq_gemv.cu").read_text()
+    assert LAUNCH in source, "the kernel's launch statement changed; update this test"
+    folder = tmp_path_factory.mktemp("emulated_gemv")
+    unit = folder / "gemv_emulated.cpp"
+    unit.write_text(f'#include "{SHIM}"\n' + source.replace(LAUNCH, EMULATED_LAUNCH) + ENTRY)
+    library = folder / "libgemv_emulated.so"
+    done = subprocess.run(
+        [
+            compiler,
+            "-std=c++20",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            f"-I{include}",
+            f"-I{extension.CSRC}",
+            str(unit),
+            "-o",
+            str(library),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lib = ctypes.CDLL(str(library))
+    p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.emulated_gemv.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 7 + [i64, p]
+    return lib
+
+
+def run(lib, layer: QuantLinear, x: torch.Tensor, dtype: torch.dtype):
+    """``layer(x)`` by the emulated kernel, the way the binding calls it; and its plan."""
+    k, n = layer.in_features, layer.out_features
+    rows = x.reshape(-1, k)
+    group_size = k if layer.group_size == -1 else layer.group_size
+    scales = layer.scales.to(dtype).contiguous()
+    counters = torch.zeros(NUM_SMS * 8, dtype=torch.int32)
+    out = torch.empty(rows.shape[0], n, dtype=dtype)
+    plan = (ctypes.c_int * 3)()
+
+    def call(workspace):
+        return lib.emulated_gemv(
+            rows.data_ptr(), rows.stride(0), rows.stride(1),
+            None if layer.input_perm is None else layer.input_perm.data_ptr(),
+            layer.qweight.data_ptr(), layer.qzeros.data_ptr(), scales.data_ptr(),
+            out.data_ptr(), workspace, counters.data_ptr(),
+            rows.shape[0], k, n, group_size, layer.bits, int(dtype == torch.bfloat16),
+            NUM_SMS, counters.numel(), plan,
+        )  # fmt: skip
+
+    call(None)  # plan only
+    workspace = torch.zeros(plan[1], rows.shape[0], n)
+    assert call(workspace.data_ptr()) == 0
+    assert not counters.any(), "the last block of each tile resets its counter"
+    return out.reshape(*x.shape[:-1], n), tuple(plan)
+
+
+def sorted_layer(k, n, bits, group_size, desc_act, sym, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    tensors = random_gptq_tensors(k, n, bits, group_size, desc_act=desc_act, sym=sym, generator=gen)
+    layer = QuantLinear.from_tensors(tensors, bits, group_size, desc_act=desc_act, sym=sym)
+    layer.sort_groups()  # as QuantLinear does for a sorted_groups kernel
+    return layer
+
+
+# (K, N, bits, group_size, desc_act, sym, batch)
+CASES = [
+    (256, 64, 4, 128, False, True, (1,)),
+    (256, 64, 4, 32, True, False, (3,)),
+    (160, 96, 4, 128, True, False, (2, 4)),  # short last group
+    (160, 96, 4, -1, False, False, (1,)),
+    (256, 64, 8, 32, True, False, (5,)),
+    (160, 96, 8, -1, True, True, (9,)),  # two row tiles
+    (2048, 256, 4, 128, True, False, (1,)),  # split-K
+    (2048, 256, 8, 64, False, False, (3,)),
+    (1032, 136, 4, -1, False, True, (2,)),  # a partial unit of rows, a partial column tile
+    (1024, 264, 4, 256, True, True, (17,)),  # three row tiles
+]
+
+
+@pytest.mark.parametrize(("k", "n", "bits", "group_size", "desc_act", "sym", "batch"), CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_matches_the_float64_oracle(emulator, k, n, bits, group_size, desc_act, sym, batch, dtype):
+    layer = sorted_layer(k, n, bits, group_size, desc_act, sym, seed=k + n)
+    x = torch.randn(*batch, k, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out, _ = run(emulator, layer, x, dtype)
+    err = relative_error(out, float64_reference(layer, x))
+    assert err < TOLERANCE[str(dtype).removeprefix("torch.")], f"relative error {err:.2e}"
+
+
+def test_split_k_and_row_tiles_are_planned(emulator):
+    layer = sorted_layer(2048, 256, 4, 128, True, False)
+    _, plan = run(emulator, layer, torch.randn(1, 2048).half(), torch.float16)
+    assert plan == (1, 4, 16)  # 8 resident blocks over 2 column tiles: K in 4 splits of 16 units
+    _, plan = run(emulator, layer, torch.randn(17, 2048).half(), torch.float16)
+    assert plan[0] == 8
+
+
+def test_strided_input_and_extreme_magnitudes(emulator):
+    layer = sorted_layer(256, 64, 4, 128, False, False)
+    wide = torch.randn(5, 512).half()
+    out, _ = run(emulator, layer, wide[:, ::2], torch.float16)
+    assert relative_error(out, float64_reference(layer, wide[:, ::2])) < TOLERANCE["float16"]
+    for scale in (1e-4, 3e4):
+        x = (torch.randn(2, 256) * scale).to(torch.bfloat16)
+        out, _ = run(emulator, layer, x, torch.bfloat16)
+        assert relative_error(out, float64_reference(layer, x)) < TOLERANCE["bfloat16"]

@@ -1,0 +1,116 @@
+"""The ``triton`` entry point: a GPTQ linear kernel and a paged-attention kernel in Triton.
+
+Importing this module imports neither torch nor triton: the kernels load in their
+factories and :mod:`ferrule_triton_kernels.checks` imports triton when selection asks.
+
+- ``triton-gptq``: GPTQ layers of 2, 3, 4 and 8 bits, any group size, act-order (rows
+  sorted by group once, activations gathered inside the kernel), symmetric and asymmetric
+  grids; a split-K program for small batches and a tiled GEMM for large ones (see
+  :mod:`ferrule_triton_kernels.linear`).
+- ``triton-paged-attention``: varlen attention over the paged KV cache (prefill, chunked
+  prefill, cached prefixes, decode, grouped KV heads, sliding windows) with a fused
+  ``write_kv`` (see :mod:`ferrule_triton_kernels.attention`).
+
+- ``triton-rmsnorm`` and ``triton-rotary``: fused helpers of the engine's layers (RMSNorm
+  with the residual add, rotary embedding of queries and keys in place), one launch each
+  instead of about seven and twenty torch kernels (see :mod:`.fused_norm`, :mod:`.fused_rotary`).
+
+All run on CUDA and ROCm GPUs, and on CPU tensors in Triton's interpreter when
+``TRITON_INTERPRET=1`` (for tests).
+"""
+
+from __future__ import annotations
+
+from ferrule_core import KernelSpec, hookimpl
+from ferrule_triton_kernels.checks import check_attention, check_linear, check_platform
+
+PLATFORMS = ("cuda", "rocm", "cpu")  # cpu: only in the interpreter (see checks.py)
+LINEAR_PRIORITY = 20
+ATTENTION_PRIORITY = 20
+FUSED_PRIORITY = 20
+HEAD_DIMS = (64, 80, 96, 128, 256)
+
+
+def _linear_factory(layer):
+    from ferrule_triton_kernels.linear import TritonGptqLinear
+
+    return TritonGptqLinear(layer)
+
+
+def _norm_factory(layer):
+    from ferrule_triton_kernels.fused_norm import TritonRMSNorm
+
+    return TritonRMSNorm(layer)
+
+
+def _rotary_factory(layer):
+    from ferrule_triton_kernels.fused_rotary import TritonRotary
+
+    return TritonRotary(layer)
+
+
+def _attention_factory(layer):
+    from ferrule_triton_kernels.attention import TritonPagedAttention
+
+    return TritonPagedAttention(layer)
+
+
+@hookimpl
+def ferrule_register_kernels():
+    return [
+        KernelSpec(
+            name="triton-gptq",
+            kind="linear",
+            factory=_linear_factory,
+            platforms=PLATFORMS,
+            bits=(2, 3, 4, 8),
+            group_sizes=None,
+            desc_act=True,
+            sym=True,
+            asym=True,
+            dtypes=("float16", "bfloat16", "float32"),
+            priority=LINEAR_PRIORITY,
+            check=check_linear,
+            preferred_rows=(1, None),
+            sorted_groups=True,
+            description=(
+                "Triton W4A16-style GPTQ matmul reading the packed weight in place: split-K "
+                "for small batches, tiled GEMM for large; any bits/group size, act-order"
+            ),
+        ),
+        KernelSpec(
+            name="triton-paged-attention",
+            kind="attention",
+            factory=_attention_factory,
+            platforms=PLATFORMS,
+            dtypes=("float16", "bfloat16", "float32"),
+            priority=ATTENTION_PRIORITY,
+            check=check_attention,
+            head_dims=HEAD_DIMS,
+            sliding_window=True,
+            description=(
+                "Triton varlen attention over the paged KV cache through block tables; "
+                "online softmax, GQA groups share K/V reads, graph-safe decode path"
+            ),
+        ),
+        KernelSpec(
+            name="triton-rmsnorm",
+            kind="norm",
+            factory=_norm_factory,
+            platforms=PLATFORMS,
+            dtypes=("float16", "bfloat16", "float32"),
+            priority=FUSED_PRIORITY,
+            check=check_platform,
+            description="RMSNorm with the residual add fused, one program per row",
+        ),
+        KernelSpec(
+            name="triton-rotary",
+            kind="rotary",
+            factory=_rotary_factory,
+            platforms=PLATFORMS,
+            dtypes=("float16", "bfloat16", "float32"),
+            priority=FUSED_PRIORITY,
+            check=check_platform,
+            description="rotary embedding of queries and keys in place (neox and GPT-J styles)",
+        ),
+    ]
