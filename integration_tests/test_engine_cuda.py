@@ -17,6 +17,7 @@ import torch
 from ferrule_core.testing.tiny_models import tiny_config, write_tiny_model
 from ferrule_engine.testing.generation import (
     _dequantized_hf_model,
+    _eos_ids,
     _hf_greedy,
     _hf_model,
     _same_tokens,
@@ -82,7 +83,11 @@ def _check_against(reference, folder, tolerance, **engine_args):
     outputs = llm.generate([p for p, _ in requests], params)
     for index, output in enumerate(outputs):
         _same_tokens(
-            output.outputs[0].token_ids, expected[index], f"prompt {index}", tolerance, set()
+            output.outputs[0].token_ids,
+            expected[index],
+            f"prompt {index}",
+            tolerance,
+            _eos_ids(reference),
         )
     return llm
 

@@ -236,17 +236,18 @@ def test_configs_cover_k_without_empty_slices(m, k, n):
 
 
 def test_small_batches_split_k_to_fill_the_gpu():
-    config = configs_for(16, 4096, 14336, sms=132)
-    tiles = -(-14336 // config.block_n)
+    config = configs_for(16, 14336, 4096, sms=132)  # few column tiles: K must split
+    tiles = -(-4096 // config.block_n)
     assert config.split_k > 1 and tiles * config.split_k >= 132
 
 
 def test_k_blocks_stay_short_where_rows_are_gathered_one_by_one():
-    assert configs_for(16, 4096, 4096, group_size=128).block_k == 128
-    assert configs_for(16, 4096, 4096, group_size=-1).block_k == 128
-    assert configs_for(16, 4096, 4096, group_size=0).block_k == 64  # uneven groups
-    assert configs_for(16, 4096, 4096, group_size=48).block_k == 64
-    assert configs_for(16, 4096, 4096, bits=3, group_size=128).block_k == 32
+    # The 64-row entry asks for K blocks of 128.
+    assert configs_for(64, 4096, 4096, group_size=128).block_k == 128
+    assert configs_for(64, 4096, 4096, group_size=-1).block_k == 128
+    assert configs_for(64, 4096, 4096, group_size=0).block_k == 64  # uneven groups
+    assert configs_for(64, 4096, 4096, group_size=48).block_k == 64
+    assert configs_for(64, 4096, 4096, bits=3, group_size=128).block_k == 32
 
 
 def test_configs_shrink_to_small_problems():

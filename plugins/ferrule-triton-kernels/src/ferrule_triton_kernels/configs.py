@@ -80,13 +80,14 @@ class TileConfig:
 
 # Keyed by the largest M each entry serves. Starting points for an H100, to be tuned there.
 CONFIGS: dict[int, TileConfig] = {
+    # Measured on an H100 (bench/triton_gptq_sweep.py, 2026-11-27): the best of 24 gemv and
+    # 8 gemm candidates on 4096x14336 and 28672x8192 at M = 16, 64, 256, 1024.
     1: TileConfig("gemv", block_m=1, block_n=128, block_k=64, num_warps=4, num_stages=4),
-    16: TileConfig("gemv", block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4),
-    32: TileConfig("gemv", block_m=32, block_n=128, block_k=128, num_warps=4, num_stages=4),
-    64: TileConfig("gemv", block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=4),
-    128: TileConfig("gemm", block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=4),
-    256: TileConfig("gemm", block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
-    1024: TileConfig("gemm", block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3),
+    16: TileConfig("gemv", block_m=16, block_n=64, block_k=64, num_warps=8, num_stages=4),
+    32: TileConfig("gemv", block_m=32, block_n=64, block_k=64, num_warps=8, num_stages=4),
+    64: TileConfig("gemv", block_m=64, block_n=128, block_k=128, num_warps=8, num_stages=3),
+    256: TileConfig("gemm", block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4),
+    1024: TileConfig("gemm", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3),
 }
 
 # Triton's interpreter (CPU tensors, tests) pays Python time per tile operation, not per
