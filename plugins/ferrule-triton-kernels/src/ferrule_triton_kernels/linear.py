@@ -1,8 +1,10 @@
 """``triton-gptq``: the kernel object ``QuantLinear`` builds for a layer.
 
 ``forward(x)`` computes ``x[..., input_perm] @ W`` (the layer's rows are sorted by group
-once, ``KernelSpec.sorted_groups``; the gather of ``x`` happens inside the programs, so
-``handles_input_perm = True``). Per call it looks up the launch configuration for the
+once, ``KernelSpec.sorted_groups``; ``handles_input_perm = True``: at one row the programs
+gather ``x`` as they load it; from two rows on ``x`` is gathered once before the launch,
+because gathering it per K block made act-order layers 2-5x slower than in-order ones at
+M >= 16 on an H100; the up-front gather itself is not measured yet). Per call it looks up the launch configuration for the
 number of rows ``M`` (:func:`~ferrule_triton_kernels.configs.configs_for`, memoized per
 ``M``) and runs the small-batch split-K program or the tiled GEMM. Bias is added by
 ``QuantLinear``. Activations in float16, bfloat16 and float32; the weight is dequantized to
@@ -15,6 +17,7 @@ can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -37,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MEMO_LIMIT = 4096  # distinct row counts remembered (prefill sees many)
+GATHER_ONCE_ROWS = 2  # from this many rows x is gathered up front, not inside the programs
 
 
 class TritonGptqLinear:
@@ -53,6 +57,7 @@ class TritonGptqLinear:
         device = layer.qweight.device
         _check_device(device)
         self.operands = GptqOperands.from_layer(layer)
+        self._in_order = dataclasses.replace(self.operands, perm=None)  # for pre-gathered x
         self.device = device
         if device.type == "cuda":
             self.table = table
@@ -97,16 +102,22 @@ class TritonGptqLinear:
         rows = x.reshape(-1, ops.in_features)  # a view when it can be: strides go to the program
         if rows.shape[0] == 0:
             return x.new_empty(*x.shape[:-1], ops.out_features)
-        out = self._run(rows, self.config(rows.shape[0]))
+        operands = ops
+        if ops.perm is not None and rows.shape[0] >= GATHER_ONCE_ROWS:
+            # Gathering x per K block inside the tile loop cost act-order layers 2-5x at
+            # M >= 16 (H100, bench kernels); one gather up front is one small launch.
+            rows = rows.index_select(1, ops.perm)
+            operands = self._in_order
+        out = self._run(rows, self.config(rows.shape[0]), operands)
         return out.reshape(*x.shape[:-1], ops.out_features)
 
-    def _run(self, rows: Tensor, wanted: TileConfig) -> Tensor:
+    def _run(self, rows: Tensor, wanted: TileConfig, operands: GptqOperands) -> Tensor:
         """Launch ``wanted``, shrunk while the device lacks the shared memory for it."""
         config = self._fitted.get(wanted, wanted)
         while True:
             program = gemv if config.program == "gemv" else gemm
             try:
-                out = program(rows, self.operands, config)
+                out = program(rows, operands, config)
             except OutOfResources as error:  # raised before anything is launched
                 fitted = smaller(config, self.operands.bits)
                 if fitted is None:
