@@ -40,13 +40,24 @@ GIB = 1 << 30
 
 @dataclass
 class EngineStats:
-    """Counters since the engine started."""
+    """Counters since the engine started.
+
+    ``graph_steps``/``eager_steps`` count the steps that replayed a CUDA graph or ran the
+    model eagerly; the ``*_seconds`` split the busy time into scheduling, the model step
+    (inputs, forward, sampling, up to the sampled tokens on the host; eager and graph steps
+    apart) and the rest (applying tokens, detokenizing, outputs).
+    """
 
     steps: int = 0
     prompt_tokens: int = 0
     computed_tokens: int = 0
     generated_tokens: int = 0
     busy_seconds: float = 0.0
+    graph_steps: int = 0
+    eager_steps: int = 0
+    schedule_seconds: float = 0.0
+    graph_seconds: float = 0.0
+    eager_seconds: float = 0.0
 
 
 class LLMEngine:
@@ -277,7 +288,18 @@ class LLMEngine:
         output = self.scheduler.schedule()
         if not output.scheduled:
             return self.outputs.collect_finished()
+        scheduled = time.perf_counter()
+        replays = self.runner.graphs.replays if self.runner.graphs is not None else 0
         result = self.runner.execute(output.scheduled)
+        executed = time.perf_counter()
+        stats = self.stats
+        stats.schedule_seconds += scheduled - started
+        if self.runner.graphs is not None and self.runner.graphs.replays > replays:
+            stats.graph_steps += 1
+            stats.graph_seconds += executed - scheduled
+        else:
+            stats.eager_steps += 1
+            stats.eager_seconds += executed - scheduled
         now = time.monotonic()
         finished = self.scheduler.update_from_output(output, result.sampled)
         stopped = self.outputs.process(result, now)

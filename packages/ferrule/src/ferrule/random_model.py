@@ -24,18 +24,6 @@ SHAPES: dict[str, dict[str, object]] = {
         "rope_theta": 500000.0,
         "rms_norm_eps": 1e-5,
     },
-    # A few layers of the same widths: quick checks of the same kernels.
-    "llama3-8b-2layers": {
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "vocab_size": 128256,
-        "max_position_embeddings": 8192,
-        "rope_theta": 500000.0,
-        "rms_norm_eps": 1e-5,
-    },
     # For tests on the CPU.
     "tiny": {
         "hidden_size": 64,
@@ -49,6 +37,8 @@ SHAPES: dict[str, dict[str, object]] = {
         "rms_norm_eps": 1e-5,
     },
 }
+# A few layers of Llama-3-8B's widths: quick checks of the same kernels.
+SHAPES["llama3-8b-2layers"] = {**SHAPES["llama3-8b"], "num_hidden_layers": 2}
 
 
 def write_random_model(

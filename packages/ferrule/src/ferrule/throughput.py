@@ -31,6 +31,7 @@ class Throughput:
     seconds: float
     useful_tokens: int
     prompt_tokens: int
+    steps: dict[str, float] | None = None  # the engine's step breakdown (EngineStats)
 
     @property
     def tokens_per_second(self) -> float:
@@ -73,14 +74,16 @@ def run_engine(model: str | os.PathLike[str], requests: list[BenchRequest], **en
     params = [
         SamplingParams(max_tokens=r.output_len, temperature=0, ignore_eos=True) for r in requests
     ]
+    before = asdict(llm.engine.stats)
     started = time.perf_counter()
     outputs = llm.generate([r.prompt_token_ids for r in requests], params)
     seconds = time.perf_counter() - started
     useful = sum(len(o.outputs[0].token_ids) for o in outputs)
     dtype = llm.engine.loaded.context.dtype
+    steps = _step_breakdown(llm.engine.stats, before)
     del llm, outputs
     _release_memory()
-    return Throughput("ferrule", seconds, useful, _prompt_tokens(requests)), dtype
+    return Throughput("ferrule", seconds, useful, _prompt_tokens(requests), steps), dtype
 
 
 def run_transformers(
@@ -171,6 +174,25 @@ def report(ours: Throughput, theirs: Throughput, settings: dict[str, Any]) -> di
         ],
         "ratio": ours.tokens_per_second / theirs.tokens_per_second,
     }
+
+
+def _step_breakdown(stats: Any, before: dict[str, float]) -> dict[str, float]:
+    """What the timed run added to the engine's step counters."""
+    fields = (
+        "steps",
+        "graph_steps",
+        "eager_steps",
+        "busy_seconds",
+        "schedule_seconds",
+        "graph_seconds",
+        "eager_seconds",
+    )
+    now = asdict(stats)
+    delta = {name: now[name] - before[name] for name in fields}
+    delta["other_seconds"] = delta["busy_seconds"] - (
+        delta["schedule_seconds"] + delta["graph_seconds"] + delta["eager_seconds"]
+    )
+    return delta
 
 
 def _release_memory() -> None:

@@ -102,6 +102,14 @@ def run_throughput(args: argparse.Namespace) -> int:
             f"{row['name']:<14}{args.num_prompts:>9}{row['useful_tokens']:>15}"
             f"{row['seconds']:>10.1f}{row['tokens_per_second']:>10.1f}"
         )
+    steps = result["results"][0].get("steps")
+    if steps:
+        print(
+            f"ferrule steps: {steps['steps']:.0f} ({steps['graph_steps']:.0f} from CUDA graphs, "
+            f"{steps['graph_seconds']:.1f} s; {steps['eager_steps']:.0f} eager, "
+            f"{steps['eager_seconds']:.1f} s); scheduling {steps['schedule_seconds']:.1f} s, "
+            f"outputs {steps['other_seconds']:.1f} s"
+        )
     print(f"ratio ferrule / transformers: {result['ratio']:.2f}x  ({result['machine']})")
     return 0
 
