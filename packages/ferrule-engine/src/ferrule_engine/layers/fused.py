@@ -39,23 +39,30 @@ class FusedDispatch:
         self.spec = None
 
     def _select(self, layer: torch.nn.Module, x: torch.Tensor) -> tuple[Any, Any]:
-        from ferrule_core.errors import SelectionError
-        from ferrule_core.plugins import default_registry
-        from ferrule_core.quant_linear import platform_of
-        from ferrule_core.specs import KernelRequest
+        spec = select_optional_kernel(self.kind, self.registry, x, head_dim=self.head_dim)
+        return (None, None) if spec is None else (spec.factory(layer), spec)
 
-        registry = self.registry if self.registry is not None else default_registry()
-        capability = None
-        if x.device.type == "cuda":
-            capability = tuple(torch.cuda.get_device_capability(x.device))
-        request = KernelRequest(
-            platform=platform_of(x.device),
-            dtype=str(x.dtype).removeprefix("torch."),
-            head_dim=self.head_dim,
-            capability=capability,
-        )
-        try:
-            spec = registry.select_kernel(self.kind, request)
-        except SelectionError:
-            return None, None
-        return spec.factory(layer), spec
+
+def select_optional_kernel(kind: str, registry: Any, x: torch.Tensor, **request: Any) -> Any:
+    """The best ``kind`` kernel for inputs like ``x`` (its device and dtype, plus the other
+    ``KernelRequest`` fields given), or ``None`` when none accepts: the caller then computes
+    with torch ops. Shared by the fused helpers and the dense linear layers."""
+    from ferrule_core.errors import SelectionError
+    from ferrule_core.plugins import default_registry
+    from ferrule_core.quant_linear import platform_of
+    from ferrule_core.specs import KernelRequest
+
+    registry = registry if registry is not None else default_registry()
+    capability = None
+    if x.device.type == "cuda":
+        capability = tuple(torch.cuda.get_device_capability(x.device))
+    request = KernelRequest(
+        platform=platform_of(x.device),
+        dtype=str(x.dtype).removeprefix("torch."),
+        capability=capability,
+        **request,
+    )
+    try:
+        return registry.select_kernel(kind, request)
+    except SelectionError:
+        return None

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from ferrule_core.errors import ConfigError
 from ferrule_core.quant_linear import QuantLinear
 from ferrule_engine.layers.context import ModelContext
+from ferrule_engine.layers.fused import select_optional_kernel
 
 PARALLEL_STYLES = ("column", "row", "replicated")
 
@@ -46,24 +47,11 @@ class DenseDispatch:
         return self._kernel.forward(x)
 
     def _select(self, layer: nn.Module, x: torch.Tensor):
-        from ferrule_core.errors import SelectionError
-        from ferrule_core.plugins import default_registry
-        from ferrule_core.quant_linear import platform_of
-        from ferrule_core.specs import KernelRequest
-
-        registry = self.registry if self.registry is not None else default_registry()
         out_features, in_features = layer.weight.shape
-        request = KernelRequest(
-            platform=platform_of(x.device),
-            dtype=str(x.dtype).removeprefix("torch."),
-            in_features=in_features,
-            out_features=out_features,
+        spec = select_optional_kernel(
+            "linear", self.registry, x, in_features=in_features, out_features=out_features
         )
-        try:
-            spec = registry.select_kernel("linear", request)
-        except SelectionError:
-            return None
-        return spec.factory(layer)
+        return None if spec is None else spec.factory(layer)
 
 
 class DenseLinear(nn.Module):
