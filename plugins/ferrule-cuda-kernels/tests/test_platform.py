@@ -21,15 +21,52 @@ def test_the_cuda_platform_record():
     assert spec.capability is cuda_platform.capability
 
 
+def _build(monkeypatch, cuda, hip):
+    """Pretend torch is a build with these ``cuda``/``hip`` versions, in its version file
+    (read without importing torch) and in ``torch.version``."""
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    build = {"__version__": torch.__version__, "cuda": cuda, "hip": hip}
+    monkeypatch.setattr(cuda_platform, "torch_build", lambda: build)
+
+
+@pytest.mark.parametrize(
+    ("line_cuda", "line_hip", "cuda", "hip"),
+    [
+        ("cuda: Optional[str] = None", "hip: Optional[str] = None", None, None),
+        ("cuda: Optional[str] = '13.0'", "hip: Optional[str] = None", "13.0", None),
+        ("cuda = None", 'hip = "6.2.41133"', None, "6.2.41133"),
+    ],
+)
+def test_the_build_is_read_from_torch_version_file(
+    tmp_path, monkeypatch, line_cuda, line_hip, cuda, hip
+):
+    package = tmp_path / "torch"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (package / "version.py").write_text(
+        f"from typing import Optional\n__version__ = '9.9.9+x'\n{line_cuda}\n{line_hip}\n"
+    )
+
+    class Spec:
+        submodule_search_locations = [str(package)]
+
+    monkeypatch.setattr(cuda_platform.importlib.util, "find_spec", lambda name: Spec())
+    assert cuda_platform.torch_build() == {"__version__": "9.9.9+x", "cuda": cuda, "hip": hip}
+    if cuda is None and hip is None:
+        assert "9.9.9+x is built without CUDA" in cuda_platform.check()
+    if hip:
+        assert "ROCm build (HIP 6.2.41133)" in cuda_platform.check()
+
+
 def test_a_cpu_build_of_torch_is_refused(monkeypatch):
-    monkeypatch.setattr(torch.version, "cuda", None)
-    monkeypatch.setattr(torch.version, "hip", None)
+    _build(monkeypatch, None, None)
     reason = cuda_platform.check()
     assert reason is not None and "without CUDA" in reason and torch.__version__ in reason
 
 
 def test_a_rocm_build_of_torch_is_refused(monkeypatch):
-    monkeypatch.setattr(torch.version, "hip", "6.2.41133")
+    _build(monkeypatch, None, "6.2.41133")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     reason = cuda_platform.check()
     assert reason is not None and "ROCm" in reason and "rocm platform" in reason
@@ -37,8 +74,7 @@ def test_a_rocm_build_of_torch_is_refused(monkeypatch):
 
 
 def test_a_cuda_torch_without_a_device_is_refused(monkeypatch):
-    monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(torch.version, "hip", None)
+    _build(monkeypatch, "13.0", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     reason = cuda_platform.check()
     assert reason is not None and "no usable CUDA device" in reason and "13.0" in reason
@@ -46,8 +82,7 @@ def test_a_cuda_torch_without_a_device_is_refused(monkeypatch):
 
 
 def test_a_cuda_torch_with_a_device_is_usable(monkeypatch):
-    monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(torch.version, "hip", None)
+    _build(monkeypatch, "13.0", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cuda_platform.check() is None
 

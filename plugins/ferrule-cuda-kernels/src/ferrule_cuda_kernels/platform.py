@@ -9,9 +9,47 @@ ferrule calls those the ``rocm`` platform) and sees a device, else the reason it
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from pathlib import Path
+
+
+def torch_build() -> dict[str, str | None] | None:
+    """``__version__``, ``cuda`` and ``hip`` of the installed torch, read from its
+    ``version.py`` without importing torch (listing plugins must stay light); ``None`` when
+    torch is not installed or the file does not read as expected."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text()
+    except OSError:
+        return None
+    found: dict[str, str | None] = {}
+    for name in ("__version__", "cuda", "hip"):
+        match = re.search(rf"^{name}\b[^=\n]*=\s*(?:'([^']*)'|\"([^\"]*)\"|None)", text, re.M)
+        if match is None:
+            return None
+        found[name] = match.group(1) or match.group(2)
+    return found
+
 
 def check() -> str | None:
-    """``None`` when a CUDA device is usable from this torch, else why not."""
+    """``None`` when a CUDA device is usable from this torch, else why not.
+
+    A CPU or ROCm build of torch is refused from its version file alone; only a CUDA build
+    is imported to ask for a device."""
+    build = torch_build()
+    if build is not None and not build["hip"] and build["cuda"] is None:
+        return (
+            f"torch {build['__version__']} is built without CUDA (a CPU build); install a "
+            "CUDA build of torch to use NVIDIA GPUs"
+        )
+    if build is not None and build["hip"]:
+        return (
+            f"this torch is a ROCm build (HIP {build['hip']}): its GPUs are the rocm "
+            "platform, not cuda"
+        )
     try:
         import torch
     except ImportError:
