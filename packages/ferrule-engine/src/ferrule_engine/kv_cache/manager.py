@@ -147,6 +147,18 @@ class KVCacheManager:
 
         Returns the newly allocated blocks, or None (and no change) when the pool is short.
         """
+        if not new_computed_blocks and self.sliding_window is None and num_new_tokens >= 0:
+            # The common decode step: the request's blocks already hold the new tokens and
+            # no block fills up, so there is nothing to plan, allocate or register.
+            table = self._tables.get(request.request_id)
+            total = request.num_computed_tokens + num_new_tokens
+            if (
+                table is not None
+                and total <= len(table.blocks) * self.block_size
+                and total <= request.num_tokens
+                and (not self.enable_prefix_caching or total // self.block_size <= table.num_hashed)
+            ):
+                return []
         return self._allocate(
             request, num_new_tokens, new_computed_blocks, num_new_computed_tokens, count=True
         )
