@@ -112,6 +112,7 @@ def load_engine_model(
     else:
         model.load_weights(tensors.items())
     model.to(device)
+    model.merge_projections()
     model.eval()
     logger.info(
         "loaded %s (%s, %s%s) on %s",

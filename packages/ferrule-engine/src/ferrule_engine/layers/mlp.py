@@ -59,6 +59,17 @@ class GatedMLP(nn.Module):
             parallel="row",
         )
         self.act_fn = activation(hidden_act)
+        self.gate_up_proj: nn.Module | None = None  # gate and up merged once loaded
+        self.intermediate_size = intermediate_size
+
+    def merge_projections(self) -> None:
+        """gate and up as one layer (after loading; see :mod:`ferrule_engine.layers.merge`)."""
+        from ferrule_engine.layers.merge import merge_linears
+
+        merged = merge_linears([self.gate_proj, self.up_proj])
+        if merged is not None:
+            self.gate_up_proj = merged
+            del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` is ``[T, hidden]``; long batches run in slices of ``CHUNK_ROWS`` rows."""
@@ -72,7 +83,11 @@ class GatedMLP(nn.Module):
         return out
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.act_fn(self.gate_proj(x))
-        up = self.up_proj(x)
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+            hidden = self.act_fn(gate)
+        else:
+            hidden = self.act_fn(self.gate_proj(x))
+            up = self.up_proj(x)
         hidden = hidden * up if torch.is_grad_enabled() else hidden.mul_(up)
         return self.down_proj(hidden)

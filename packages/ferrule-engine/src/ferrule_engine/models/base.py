@@ -76,6 +76,13 @@ class EngineModel(nn.Module):
     def ties_embeddings(self) -> bool:
         return bool(getattr(self.config, "tie_word_embeddings", False))
 
+    def merge_projections(self) -> None:
+        """Merge the layers that read the same input (q/k/v, gate/up) once the weights are
+        loaded: every submodule with a ``merge_projections`` method does its own."""
+        for module in list(self.modules()):
+            if module is not self and hasattr(module, "merge_projections"):
+                module.merge_projections()
+
     def attention_layers(self) -> list[Attention]:
         """The attention layers in layer order (the order their KV caches are allocated in)."""
         return [m for m in self.modules() if isinstance(m, Attention)]

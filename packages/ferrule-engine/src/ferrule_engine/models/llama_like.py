@@ -36,6 +36,7 @@ from ferrule_engine.layers import (
     VocabEmbedding,
     make_linear,
 )
+from ferrule_engine.layers.merge import merge_linears
 from ferrule_engine.models.base import EngineModel
 
 WINDOW_MODES = ("none", "all", "layer_types")
@@ -77,6 +78,8 @@ class LlamaLikeAttention(nn.Module):
             ctx=ctx,
             parallel="row",
         )
+        self.qkv_proj: nn.Module | None = None  # q, k, v merged once loaded
+        self.qkv_sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
         if family.qk_norm:
             self.q_norm = RMSNorm(head_dim, config.rms_norm_eps, ctx=ctx)
             self.k_norm = RMSNorm(head_dim, config.rms_norm_eps, ctx=ctx)
@@ -90,6 +93,13 @@ class LlamaLikeAttention(nn.Module):
             ctx=ctx,
         )
 
+    def merge_projections(self) -> None:
+        """q, k and v as one layer (after loading; see :mod:`ferrule_engine.layers.merge`)."""
+        merged = merge_linears([self.q_proj, self.k_proj, self.v_proj])
+        if merged is not None:
+            self.qkv_proj = merged
+            del self.q_proj, self.k_proj, self.v_proj
+
     def forward(
         self,
         positions: torch.Tensor,
@@ -98,7 +108,10 @@ class LlamaLikeAttention(nn.Module):
         rotary: RotaryEmbedding,
     ) -> torch.Tensor:
         tokens = hidden.shape[0]
-        q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(hidden).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
         if self.qk_norm:
             q = self.q_norm(q.view(tokens, -1, self.head_dim)).view(tokens, -1)
             k = self.k_norm(k.view(tokens, -1, self.head_dim)).view(tokens, -1)

@@ -157,6 +157,7 @@ class EngineModelConformance:
         ctx = ModelContext(dtype=dtype, device="cpu", registry=registry, **ctx_fields)
         model = self.engine_model_class(registry, config)(config, ctx)
         model.load_weights(weights.items())
+        model.merge_projections()  # as the engine's loader does
         return model.eval()
 
     def prompts(self, config: Any, lens: tuple[int, ...], seed: int = 1) -> list[list[int]]:
