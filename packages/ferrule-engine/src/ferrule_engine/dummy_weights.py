@@ -33,7 +33,8 @@ def fill_dummy_weights(model: nn.Module, quant: QuantizeConfig | None, seed: int
     """Fill every parameter and buffer of ``model`` (already on its device) in place."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    quant_layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    named_quant = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    quant_layers = [m for _, m in named_quant]
     skip = {id(t) for layer in quant_layers for t in layer.buffers()}
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if id(tensor) in skip or not tensor.is_floating_point():
@@ -44,11 +45,19 @@ def fill_dummy_weights(model: nn.Module, quant: QuantizeConfig | None, seed: int
             tensor.zero_()
         elif name.endswith("weight"):
             tensor.normal_(0.0, FLOAT_STD, generator=gen)
-    for layer in quant_layers:
-        _fill_gptq(layer, quant, gen)
+    # Act-order: layers that read the same input (q, k, v; gate, up) get one permutation, as
+    # quantizing them together gives, so they can still be merged into one matmul.
+    orders: dict[tuple[str, int], torch.Tensor] = {}
+    for name, layer in named_quant:
+        key = (name.rpartition(".")[0], layer.in_features)
+        if key not in orders:
+            orders[key] = torch.randperm(layer.in_features, generator=gen, device=device)
+        _fill_gptq(layer, quant, gen, orders[key])
 
 
-def _fill_gptq(layer: QuantLinear, quant: QuantizeConfig | None, gen: torch.Generator) -> None:
+def _fill_gptq(
+    layer: QuantLinear, quant: QuantizeConfig | None, gen: torch.Generator, order: torch.Tensor
+) -> None:
     bits = layer.bits
     device = layer.qweight.device
     info = torch.iinfo(torch.int32)
@@ -70,7 +79,6 @@ def _fill_gptq(layer: QuantLinear, quant: QuantizeConfig | None, gen: torch.Gene
     if layer.bias is not None:
         layer.bias.zero_()
     if layer.desc_act and layer.group_size != -1:
-        order = torch.randperm(layer.in_features, generator=gen, device=device)
         g_idx = torch.empty_like(layer.g_idx)
         g_idx[order] = (torch.arange(layer.in_features, device=device) // layer.group_size).to(
             g_idx.dtype
