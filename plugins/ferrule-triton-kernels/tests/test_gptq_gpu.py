@@ -27,7 +27,10 @@ class TestTritonGptqCuda(KernelConformance):
     kernel = "triton-gptq"
     device = "cuda"
     dtypes = ("float16", "bfloat16")
-    batch_shapes = ((1,), (3,), (16,), (64,), (300,))
+    # One row count per program (M = 1 reduction, split-K with tl.dot, tiled GEMM): every
+    # other row count compiles the same programs again under other tile constants, which on
+    # a fresh machine cost minutes; the M = 64 / 65 hand-over has its own test below.
+    batch_shapes = ((1,), (5,), (300,))
 
 
 def _layer(in_features, out_features, bits, group_size, *, seed=0, **kw):
