@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ferrule_core.format import unpack_cols, unpack_rows
-from ferrule_cpu.autograd import run
+from ferrule_core.kernels.weight_only_grad import run, stored_weight
 from ferrule_cpu.layout import plan_rows
 
 INNER_K_TILES = 2  # ignored by the CPU op; any of 1, 2, 4, 8 gives the same packing
@@ -70,6 +70,10 @@ class Int4CpuKernel:
 
     def forward(self, x: Tensor) -> Tensor:
         return run(self, x)
+
+    def input_weight(self) -> Tensor:
+        """The float32 ``[K, N]`` weight for ``matmul``'s input (for input gradients)."""
+        return stored_weight(self.layer)
 
     def matmul(self, x: Tensor) -> Tensor:
         table = self._table(x.dtype)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ferrule_core.format import unpack_cols, unpack_rows
-from ferrule_cpu.autograd import run
+from ferrule_core.kernels.weight_only_grad import run, stored_weight
 from ferrule_cpu.checks import INT8_K_MULTIPLE
 
 ALIGNMENT = 64  # bytes; what torch's CPU allocator gives every fresh tensor
@@ -57,6 +57,10 @@ class Int8CpuKernel:
 
     def forward(self, x: Tensor) -> Tensor:
         return run(self, x)
+
+    def input_weight(self) -> Tensor:
+        """The float32 ``[K, N]`` weight for ``matmul``'s input (for input gradients)."""
+        return stored_weight(self.layer)
 
     def matmul(self, x: Tensor) -> Tensor:
         scales, correction = self._table(x.dtype)

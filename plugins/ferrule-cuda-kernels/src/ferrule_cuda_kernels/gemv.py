@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ferrule_core.kernels.weight_only_grad import run
 from ferrule_cuda_kernels import extension
-from ferrule_cuda_kernels.autograd import run
 
 DTYPES = (torch.float16, torch.bfloat16)
 # Output tiles that may split K: the kernel splits only while the tiles are fewer than the

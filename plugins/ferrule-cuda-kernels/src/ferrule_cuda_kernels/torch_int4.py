@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ferrule_core.format import dequantize, unpack_cols, unpack_rows
-from ferrule_cuda_kernels.autograd import run
+from ferrule_core.format import unpack_cols, unpack_rows
+from ferrule_core.kernels.weight_only_grad import run, stored_weight
 from ferrule_cuda_kernels.groups import op_group_size
 from ferrule_cuda_kernels.int4pack import (
     block_groups,
@@ -69,7 +69,4 @@ class TorchInt4Kernel:
 
     def input_weight(self) -> Tensor:
         """The float32 ``[K, N]`` weight in the stored (sorted) row order ``matmul`` takes."""
-        layer = self.layer
-        return dequantize(
-            layer.qweight, layer.qzeros, layer.scales, layer.g_idx, 4, dtype=torch.float32
-        )
+        return stored_weight(self.layer)
