@@ -88,6 +88,27 @@ class ForwardBatch:
         return all(q == 1 for q in self.query_lens)
 
 
+def check_query(who: str, query: Tensor, num_heads: int, head_dim: int) -> None:
+    """Raise ``ValueError`` unless ``query`` is ``[T, num_heads, head_dim]``."""
+    if query.dim() != 3 or tuple(query.shape[1:]) != (num_heads, head_dim):
+        raise ValueError(
+            f"{who}: query of shape {tuple(query.shape)} does not fit; expected "
+            f"[T, {num_heads}, {head_dim}]"
+        )
+
+
+def check_kv_cache(
+    who: str, kv_cache: Tensor, block_size: int, num_kv_heads: int, head_dim: int
+) -> None:
+    """Raise ``ValueError`` unless ``kv_cache`` is ``[2, blocks, block_size, Hkv, head_dim]``."""
+    got = tuple(kv_cache.shape)
+    if kv_cache.dim() != 5 or (got[0], *got[2:]) != (2, block_size, num_kv_heads, head_dim):
+        raise ValueError(
+            f"{who}: KV cache of shape {got} does not fit; expected "
+            f"[2, num_blocks, {block_size}, {num_kv_heads}, {head_dim}]"
+        )
+
+
 def build_forward_batch(
     block_tables: list[list[int]],
     query_lens: list[int],

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ferrule_core.forward_batch import ForwardBatch
+from ferrule_core.forward_batch import ForwardBatch, check_kv_cache, check_query
 
 NAME = "torch-paged-attention"
 GATHER_BUDGET = 16 << 20  # bytes of keys and values one decode SDPA call gathers
@@ -159,19 +159,8 @@ class TorchPagedAttention:
         )
 
     def _check(self, query: torch.Tensor, kv_cache: torch.Tensor, batch: ForwardBatch) -> None:
-        expected = (self.num_heads, self.head_dim)
-        if query.dim() != 3 or tuple(query.shape[1:]) != expected:
-            raise ValueError(
-                f"{NAME}: query of shape {tuple(query.shape)} does not fit; expected "
-                f"[T, {self.num_heads}, {self.head_dim}]"
-            )
-        cache_shape = (2, batch.block_size, self.num_kv_heads, self.head_dim)
-        got = tuple(kv_cache.shape)
-        if kv_cache.dim() != 5 or (got[0], *got[2:]) != cache_shape:
-            raise ValueError(
-                f"{NAME}: KV cache of shape {got} does not fit; expected "
-                f"[2, num_blocks, {batch.block_size}, {self.num_kv_heads}, {self.head_dim}]"
-            )
+        check_query(NAME, query, self.num_heads, self.head_dim)
+        check_kv_cache(NAME, kv_cache, batch.block_size, self.num_kv_heads, self.head_dim)
         if query.shape[0] != batch.num_tokens:
             raise ValueError(
                 f"{NAME}: {query.shape[0]} query rows for a batch of {batch.num_tokens} new tokens"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ferrule_core.forward_batch import ForwardBatch
+from ferrule_core.forward_batch import ForwardBatch, check_kv_cache, check_query
 from ferrule_triton_kernels.kv_write import write_kv
 from ferrule_triton_kernels.paged_decode import paged_decode
 from ferrule_triton_kernels.paged_prefill import paged_prefill
@@ -103,19 +103,8 @@ class TritonPagedAttention:
         write_kv(cache, key, value, slot_mapping)
 
     def _check(self, query: torch.Tensor, kv_cache: torch.Tensor, batch: ForwardBatch) -> None:
-        expected = (self.num_heads, self.head_dim)
-        if query.dim() != 3 or tuple(query.shape[1:]) != expected:
-            raise ValueError(
-                f"{NAME}: query of shape {tuple(query.shape)} does not fit; expected "
-                f"[T, {self.num_heads}, {self.head_dim}]"
-            )
-        cache_shape = (2, batch.block_size, self.num_kv_heads, self.head_dim)
-        got = tuple(kv_cache.shape)
-        if kv_cache.dim() != 5 or (got[0], *got[2:]) != cache_shape:
-            raise ValueError(
-                f"{NAME}: KV cache of shape {got} does not fit; expected "
-                f"[2, num_blocks, {batch.block_size}, {self.num_kv_heads}, {self.head_dim}]"
-            )
+        check_query(NAME, query, self.num_heads, self.head_dim)
+        check_kv_cache(NAME, kv_cache, batch.block_size, self.num_kv_heads, self.head_dim)
         if kv_cache.stride(4) != 1:
             raise ValueError(f"{NAME}: the KV cache's head_dim axis must be contiguous")
         if query.dtype not in DTYPES or kv_cache.dtype != query.dtype:

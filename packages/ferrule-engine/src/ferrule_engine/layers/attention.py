@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ferrule_core.errors import ConfigError
-from ferrule_core.forward_batch import ForwardBatch
+from ferrule_core.forward_batch import ForwardBatch, check_kv_cache
 from ferrule_core.quant_linear import platform_of
 from ferrule_core.specs import KernelRequest, KernelSpec
 from ferrule_engine.layers.context import ModelContext
@@ -117,13 +117,7 @@ class Attention(nn.Module):
         return out.reshape(tokens, self.num_heads * self.head_dim)
 
     def _check_cache(self, cache: torch.Tensor, batch: ForwardBatch) -> None:
-        expected = (2, batch.block_size, self.num_kv_heads, self.head_dim)
-        got = tuple(cache.shape)
-        if cache.dim() != 5 or (got[0], *got[2:]) != expected:
-            raise ValueError(
-                f"{self.prefix}: KV cache of shape {got} does not fit; expected "
-                f"[2, num_blocks, {batch.block_size}, {self.num_kv_heads}, {self.head_dim}]"
-            )
+        check_kv_cache(self.prefix, cache, batch.block_size, self.num_kv_heads, self.head_dim)
 
     def extra_repr(self) -> str:
         window = f", sliding_window={self.sliding_window}" if self.sliding_window else ""
