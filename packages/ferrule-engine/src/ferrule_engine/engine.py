@@ -160,9 +160,7 @@ class LLMEngine:
         reuse the activation memory pool and need little beyond it.
         """
         config = self.config
-        limit = config.max_model_len or getattr(
-            self.model_config, "max_position_embeddings", config.max_num_batched_tokens
-        )
+        limit = self._requested_model_len() or config.max_num_batched_tokens
         peak = self.runner.profile_peak_memory(
             config.max_num_batched_tokens, config.max_num_seqs, limit
         )
@@ -188,11 +186,15 @@ class LLMEngine:
             )
         return budget
 
+    def _requested_model_len(self) -> int | None:
+        """``max_model_len`` as configured, else the model's ``max_position_embeddings``."""
+        return self.config.max_model_len or getattr(
+            self.model_config, "max_position_embeddings", None
+        )
+
     def _max_model_len(self, num_blocks: int) -> int:
         capacity = (num_blocks - 1) * self.config.block_size
-        limit = self.config.max_model_len or getattr(
-            self.model_config, "max_position_embeddings", capacity
-        )
+        limit = self._requested_model_len() or capacity
         if limit > capacity:
             logger.warning(
                 "max_model_len lowered from %d to %d: the KV cache (%d blocks of %d) holds no more",
