@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ferrule_core.config import QuantizeConfig
 from ferrule_core.quant_linear import QuantLinear
 
 FLOAT_STD = 0.02
@@ -29,7 +28,7 @@ def quantized_module_names(spec, config) -> frozenset[str]:
 
 
 @torch.no_grad()
-def fill_dummy_weights(model: nn.Module, quant: QuantizeConfig | None, seed: int = 0) -> None:
+def fill_dummy_weights(model: nn.Module, seed: int = 0) -> None:
     """Fill every parameter and buffer of ``model`` (already on its device) in place."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -52,12 +51,15 @@ def fill_dummy_weights(model: nn.Module, quant: QuantizeConfig | None, seed: int
         key = (name.rpartition(".")[0], layer.in_features)
         if key not in orders:
             orders[key] = torch.randperm(layer.in_features, generator=gen, device=device)
-        _fill_gptq(layer, quant, gen, orders[key])
+        fill_random_gptq(layer, gen, orders[key])
 
 
-def _fill_gptq(
-    layer: QuantLinear, quant: QuantizeConfig | None, gen: torch.Generator, order: torch.Tensor
+@torch.no_grad()
+def fill_random_gptq(
+    layer: QuantLinear, gen: torch.Generator, order: torch.Tensor | None = None
 ) -> None:
+    """Random GPTQ tensors in ``layer`` (on its device); act-order layers assign rows to
+    groups through ``order`` (a permutation of the input features; random if ``None``)."""
     bits = layer.bits
     device = layer.qweight.device
     info = torch.iinfo(torch.int32)
@@ -79,6 +81,8 @@ def _fill_gptq(
     if layer.bias is not None:
         layer.bias.zero_()
     if layer.desc_act and layer.group_size != -1:
+        if order is None:
+            order = torch.randperm(layer.in_features, generator=gen, device=device)
         g_idx = torch.empty_like(layer.g_idx)
         g_idx[order] = (torch.arange(layer.in_features, device=device) // layer.group_size).to(
             g_idx.dtype

@@ -108,7 +108,7 @@ def load_engine_model(
         from ferrule_engine.dummy_weights import fill_dummy_weights
 
         model.to(device)
-        fill_dummy_weights(model, quant)
+        fill_dummy_weights(model)
     else:
         model.load_weights(tensors.items())
     model.to(device)

@@ -83,27 +83,14 @@ def _quant_layers(k: int, n: int, copies: int, *, desc_act: bool, kernel: str | 
     import torch
 
     from ferrule_core import QuantLinear
-    from ferrule_core.format import pack_cols
+    from ferrule_engine.dummy_weights import fill_random_gptq
 
-    groups = -(-k // GROUP_SIZE)
-    info = torch.iinfo(torch.int32)
-    zeros = pack_cols(torch.full((1, n), 8, dtype=torch.int32), 4).cuda().expand(groups, -1)
+    gen = torch.Generator(device="cuda").manual_seed(0)
     layers = []
     for _ in range(copies):
-        order = torch.randperm(k, device="cuda") if desc_act else torch.arange(k, device="cuda")
-        g_idx = torch.empty(k, dtype=torch.int32, device="cuda")
-        g_idx[order] = (torch.arange(k, device="cuda") // GROUP_SIZE).to(torch.int32)
-        tensors = {
-            "qweight": torch.randint(
-                info.min, info.max, (k // 8, n), device="cuda", dtype=torch.int32
-            ),
-            "qzeros": zeros.contiguous(),
-            "scales": (torch.rand(groups, n, device="cuda") * 0.01 + 0.001).half(),
-            "g_idx": g_idx,
-        }
-        layers.append(
-            QuantLinear.from_tensors(tensors, 4, GROUP_SIZE, desc_act=desc_act, kernel=kernel)
-        )
+        layer = QuantLinear(k, n, 4, GROUP_SIZE, desc_act=desc_act, device="cuda", kernel=kernel)
+        fill_random_gptq(layer, gen)
+        layers.append(layer)
     return layers
 
 
