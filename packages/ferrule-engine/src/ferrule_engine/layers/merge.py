@@ -40,6 +40,12 @@ def _same(layers: list[nn.Module], *names: str) -> bool:
     return all(getattr(layer, n) == getattr(first, n) for layer in layers for n in names)
 
 
+def _shared_bias(layers: list[nn.Module]) -> bool | None:
+    """Whether every layer has a bias (True) or none has (False); ``None`` when mixed."""
+    present = {layer.bias is not None for layer in layers}
+    return None if len(present) > 1 else present.pop()
+
+
 @torch.no_grad()
 def _merge_dense(layers: list[DenseLinear]) -> DenseLinear | None:
     first = layers[0]
@@ -48,19 +54,19 @@ def _merge_dense(layers: list[DenseLinear]) -> DenseLinear | None:
         (w.dtype, w.device) != (weights[0].dtype, weights[0].device) for w in weights
     ):
         return None
-    has_bias = [layer.bias is not None for layer in layers]
-    if any(has_bias) and not all(has_bias):
+    bias = _shared_bias(layers)
+    if bias is None:
         return None
     merged = DenseLinear(
         first.in_features,
         sum(layer.out_features for layer in layers),
-        bias=has_bias[0],
+        bias=bias,
         dtype=weights[0].dtype,
         device=weights[0].device,
         registry=first.dense.registry,
     )
     merged.weight.copy_(torch.cat(weights, dim=0))
-    if has_bias[0]:
+    if bias:
         merged.bias.copy_(torch.cat([layer.bias for layer in layers]))
     return merged
 
@@ -76,15 +82,15 @@ def _merge_gptq(layers: list[QuantLinear]) -> QuantLinear | None:
         return None
     if not all(torch.equal(layer.g_idx, first.g_idx) for layer in layers[1:]):
         return None
-    has_bias = [layer.bias is not None for layer in layers]
-    if any(has_bias) and not all(has_bias):
+    bias = _shared_bias(layers)
+    if bias is None:
         return None
     merged = QuantLinear(
         first.in_features,
         sum(layer.out_features for layer in layers),
         first.bits,
         first.group_size,
-        bias=has_bias[0],
+        bias=bias,
         desc_act=first.desc_act,
         sym=first.sym,
         dtype=first.scales.dtype,
@@ -95,6 +101,6 @@ def _merge_gptq(layers: list[QuantLinear]) -> QuantLinear | None:
     for name in ("qweight", "qzeros", "scales"):
         getattr(merged, name).copy_(torch.cat([getattr(layer, name) for layer in layers], dim=1))
     merged.g_idx.copy_(first.g_idx)
-    if has_bias[0]:
+    if bias:
         merged.bias.copy_(torch.cat([layer.bias for layer in layers]))
     return merged
