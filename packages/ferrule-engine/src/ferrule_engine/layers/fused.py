@@ -1,6 +1,6 @@
-"""Fused helpers chosen through the registry: ``norm`` and ``rotary`` kernels.
+"""Optional kernels chosen through the registry: dense ``linear``, ``norm``, ``rotary``.
 
-An engine layer that has a fused form (RMSNorm with the residual add, rotary embedding of
+An engine layer that has a fast or fused form (RMSNorm with the residual add, rotary embedding of
 queries and keys) asks the registry for a kernel of that kind on the first call for the
 input's device and dtype; a platform plugin may offer one (``ferrule-triton-kernels`` does
 for GPUs), otherwise, or when every candidate refuses, the layer computes with torch ops.
@@ -15,32 +15,35 @@ from typing import Any
 import torch
 
 
-class FusedDispatch:
-    """The ``kind`` kernel for a layer, by device and dtype, or ``None`` (use torch)."""
+class KernelDispatch:
+    """The ``kind`` kernel a layer runs, by input device and dtype, or ``None`` (use torch).
 
-    def __init__(self, kind: str, registry: Any = None, head_dim: int = 0):
+    ``request`` holds fixed ``KernelRequest`` fields (``head_dim=...``); :meth:`kernel` may add
+    per-call ones and extra key parts (selection runs again when the key changes).
+    """
+
+    def __init__(self, kind: str, registry: Any = None, **request: Any):
         self.kind = kind
         self.registry = registry
-        self.head_dim = head_dim
+        self.request = request
         self._key: tuple[Any, ...] | None = None
         self._kernel: Any = None
         self.spec: Any = None
 
-    def kernel(self, layer: torch.nn.Module, x: torch.Tensor) -> Any:
-        key = (x.device, x.dtype)
-        if key != self._key:
-            self._kernel, self.spec = self._select(layer, x)
-            self._key = key
+    def kernel(self, layer: torch.nn.Module, x: torch.Tensor, *key: Any, **request: Any) -> Any:
+        full_key = (x.device, x.dtype, *key)
+        if full_key != self._key:
+            self.spec = select_optional_kernel(
+                self.kind, self.registry, x, **self.request, **request
+            )
+            self._kernel = None if self.spec is None else self.spec.factory(layer)
+            self._key = full_key
         return self._kernel
 
     def forget(self) -> None:
         self._key = None
         self._kernel = None
         self.spec = None
-
-    def _select(self, layer: torch.nn.Module, x: torch.Tensor) -> tuple[Any, Any]:
-        spec = select_optional_kernel(self.kind, self.registry, x, head_dim=self.head_dim)
-        return (None, None) if spec is None else (spec.factory(layer), spec)
 
 
 def select_optional_kernel(kind: str, registry: Any, x: torch.Tensor, **request: Any) -> Any:

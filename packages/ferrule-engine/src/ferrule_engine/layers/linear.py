@@ -20,12 +20,12 @@ from torch.nn import functional as F
 from ferrule_core.errors import ConfigError
 from ferrule_core.quant_linear import QuantLinear
 from ferrule_engine.layers.context import ModelContext
-from ferrule_engine.layers.fused import select_optional_kernel
+from ferrule_engine.layers.fused import KernelDispatch
 
 PARALLEL_STYLES = ("column", "row", "replicated")
 
 
-class DenseDispatch:
+class DenseDispatch(KernelDispatch):
     """Runs an unquantized layer (``weight [out, in]``, ``bias``) through the platform's dense
     kernel, if one is installed: a ``linear`` kernel that accepts ``bits=16``, chosen on the
     first call for the input's device and dtype (``ferrule-cpu`` offers one). Without one,
@@ -33,25 +33,16 @@ class DenseDispatch:
     or the weight object changes."""
 
     def __init__(self, registry=None):
-        self.registry = registry
-        self._key: tuple[object, ...] | None = None
-        self._kernel = None
+        super().__init__("linear", registry)
 
     def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        key = (x.device, x.dtype, id(layer.weight))
-        if key != self._key:
-            self._kernel = self._select(layer, x)
-            self._key = key
-        if self._kernel is None:
-            return F.linear(x, layer.weight, layer.bias)
-        return self._kernel.forward(x)
-
-    def _select(self, layer: nn.Module, x: torch.Tensor):
         out_features, in_features = layer.weight.shape
-        spec = select_optional_kernel(
-            "linear", self.registry, x, in_features=in_features, out_features=out_features
+        kernel = self.kernel(
+            layer, x, id(layer.weight), in_features=in_features, out_features=out_features
         )
-        return None if spec is None else spec.factory(layer)
+        if kernel is None:
+            return F.linear(x, layer.weight, layer.bias)
+        return kernel.forward(x)
 
 
 class DenseLinear(nn.Module):

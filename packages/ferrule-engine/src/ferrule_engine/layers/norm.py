@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ferrule_engine.layers.context import ModelContext
-from ferrule_engine.layers.fused import FusedDispatch
+from ferrule_engine.layers.fused import KernelDispatch
 
 
 def _place(ctx: ModelContext | None) -> dict:
@@ -29,7 +29,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size, **_place(ctx)), requires_grad=False)
-        self.fused = FusedDispatch("norm", ctx.registry if ctx is not None else None)
+        self.fused = KernelDispatch("norm", ctx.registry if ctx is not None else None)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None

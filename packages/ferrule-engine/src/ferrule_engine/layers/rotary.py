@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ferrule_core.errors import ConfigError
-from ferrule_engine.layers.fused import FusedDispatch
+from ferrule_engine.layers.fused import KernelDispatch
 
 REFUSED_ROPE_TYPES = {
     "dynamic": "dynamic NTK scaling recomputes frequencies from each call's longest position",
@@ -64,7 +64,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_cache", torch.empty(0, rotary_dim // 2), persistent=False)
         self.register_buffer("sin_cache", torch.empty(0, rotary_dim // 2), persistent=False)
         self.ensure_length(max_position)
-        self.fused = FusedDispatch("rotary", registry, head_dim)
+        self.fused = KernelDispatch("rotary", registry, head_dim=head_dim)
 
     @classmethod
     def from_config(
