@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ferrule_core.testing import write_plugin_distribution
+from ferrule_core.testing import tiny_config, write_plugin_distribution, write_tiny_model
 
 
 @pytest.fixture
@@ -84,3 +84,10 @@ def running_server(model_dir: Path, *args: str, timeout: float = 180):
 def serve():
     """:func:`running_server`, for tests (helpers are shared as fixtures, not imports)."""
     return running_server
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny random Llama folder (sharp weights, 256 positions) the engine tests share."""
+    config = tiny_config("LlamaConfig", initializer_range=0.2, max_position_embeddings=256)
+    return write_tiny_model(tmp_path_factory.mktemp("llama"), config)

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from ferrule import LLM, SamplingParams
-from ferrule_core.testing import tiny_config, write_tiny_model
 from ferrule_engine.async_llm import AsyncLLM, EngineClosed, EngineOverloaded
 
 BLOCK = 4
@@ -20,19 +19,13 @@ ARGS = {"dtype": "float32", "block_size": BLOCK, "num_kv_blocks": 128}
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    config = tiny_config("LlamaConfig", initializer_range=0.2, max_position_embeddings=256)
-    return write_tiny_model(tmp_path_factory.mktemp("llama"), config)
+def llm(tiny_llama_dir):
+    return LLM(tiny_llama_dir, **ARGS)
 
 
 @pytest.fixture(scope="module")
-def llm(model_dir):
-    return LLM(model_dir, **ARGS)
-
-
-@pytest.fixture(scope="module")
-def async_llm(model_dir):
-    engine = AsyncLLM(model_dir, **ARGS)
+def async_llm(tiny_llama_dir):
+    engine = AsyncLLM(tiny_llama_dir, **ARGS)
     yield engine
     run(engine.shutdown(timeout=0))
 
@@ -192,8 +185,8 @@ def test_bad_prompts_raise_before_any_output(async_llm):
     assert not async_llm.engine.has_unfinished_requests()
 
 
-def test_overflowing_max_waiting_raises_and_shutdown_aborts_what_is_left(model_dir):
-    engine = AsyncLLM(model_dir, max_waiting=1, max_num_seqs=1, **ARGS)
+def test_overflowing_max_waiting_raises_and_shutdown_aborts_what_is_left(tiny_llama_dir):
+    engine = AsyncLLM(tiny_llama_dir, max_waiting=1, max_num_seqs=1, **ARGS)
 
     async def main():
         running = engine.generate([3, 4, 5], greedy(200), "running")
@@ -214,8 +207,8 @@ def test_overflowing_max_waiting_raises_and_shutdown_aborts_what_is_left(model_d
     assert not engine.is_alive()
 
 
-def test_shutdown_lets_requests_finish_then_refuses_new_ones(model_dir):
-    engine = AsyncLLM(model_dir, **ARGS)
+def test_shutdown_lets_requests_finish_then_refuses_new_ones(tiny_llama_dir):
+    engine = AsyncLLM(tiny_llama_dir, **ARGS)
     assert engine.is_alive()
 
     async def main():
@@ -235,8 +228,8 @@ def test_shutdown_lets_requests_finish_then_refuses_new_ones(model_dir):
     assert engine.stats()["num_running"] == 0
 
 
-def test_a_failing_step_fails_requests_under_way_instead_of_hanging(model_dir):
-    engine = AsyncLLM(model_dir, max_num_seqs=1, **ARGS)
+def test_a_failing_step_fails_requests_under_way_instead_of_hanging(tiny_llama_dir):
+    engine = AsyncLLM(tiny_llama_dir, max_num_seqs=1, **ARGS)
 
     def broken_step():
         raise RuntimeError("boom: the device fell over")

@@ -6,20 +6,13 @@ from __future__ import annotations
 import pytest
 
 from ferrule import LLM, ConfigError, SamplingParams
-from ferrule_core.testing import tiny_config, write_tiny_model
 
 BLOCK = 4
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    config = tiny_config("LlamaConfig", initializer_range=0.2, max_position_embeddings=256)
-    return write_tiny_model(tmp_path_factory.mktemp("llama"), config)
-
-
-@pytest.fixture(scope="module")
-def llm(model_dir):
-    return LLM(model_dir, dtype="float32", block_size=BLOCK, num_kv_blocks=128)
+def llm(tiny_llama_dir):
+    return LLM(tiny_llama_dir, dtype="float32", block_size=BLOCK, num_kv_blocks=128)
 
 
 def greedy(n: int, **kw) -> SamplingParams:
@@ -29,10 +22,14 @@ def greedy(n: int, **kw) -> SamplingParams:
 PREFIX = list(range(10, 74))  # 64 tokens: 16 full blocks
 
 
-def test_a_shared_prefix_hits_the_cache_and_changes_nothing(model_dir):
-    cached = LLM(model_dir, dtype="float32", block_size=BLOCK, num_kv_blocks=128)
+def test_a_shared_prefix_hits_the_cache_and_changes_nothing(tiny_llama_dir):
+    cached = LLM(tiny_llama_dir, dtype="float32", block_size=BLOCK, num_kv_blocks=128)
     plain = LLM(
-        model_dir, dtype="float32", block_size=BLOCK, num_kv_blocks=128, enable_prefix_caching=False
+        tiny_llama_dir,
+        dtype="float32",
+        block_size=BLOCK,
+        num_kv_blocks=128,
+        enable_prefix_caching=False,
     )
     prompts = [[*PREFIX, 5, 6, 7], [*PREFIX, 8, 9], [*PREFIX, 5, 6, 7]]
     first = cached.generate([prompts[0]], greedy(6))[0]
@@ -138,9 +135,13 @@ def test_chat_renders_the_template(llm):
         tokenizer.chat_template = template
 
 
-def test_priority_policy_serves_every_request_the_same(model_dir, llm):
+def test_priority_policy_serves_every_request_the_same(tiny_llama_dir, llm):
     ranked = LLM(
-        model_dir, dtype="float32", block_size=BLOCK, num_kv_blocks=40, scheduling_policy="priority"
+        tiny_llama_dir,
+        dtype="float32",
+        block_size=BLOCK,
+        num_kv_blocks=40,
+        scheduling_policy="priority",
     )
     prompts = [list(range(k, k + 20)) for k in range(5, 45, 8)]
     out = ranked.generate(prompts, greedy(6), priority=[3, 0, 2, 1, 0])
