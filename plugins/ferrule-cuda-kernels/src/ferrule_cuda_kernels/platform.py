@@ -37,36 +37,31 @@ def torch_build() -> dict[str, str | None] | None:
 def check() -> str | None:
     """``None`` when a CUDA device is usable from this torch, else why not.
 
-    A CPU or ROCm build of torch is refused from its version file alone; only a CUDA build
-    is imported to ask for a device."""
+    A CPU or ROCm build of torch is refused from its version file alone; torch is imported
+    only to ask a CUDA build for a device (or when the version file does not read)."""
     build = torch_build()
-    if build is not None and not build["hip"] and build["cuda"] is None:
-        return (
-            f"torch {build['__version__']} is built without CUDA (a CPU build); install a "
-            "CUDA build of torch to use NVIDIA GPUs"
-        )
-    if build is not None and build["hip"]:
+    if build is None:
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        build = {"__version__": torch.__version__, "cuda": torch.version.cuda}
+        build["hip"] = torch.version.hip
+    if build["hip"]:
         return (
             f"this torch is a ROCm build (HIP {build['hip']}): its GPUs are the rocm "
             "platform, not cuda"
         )
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if torch.version.hip:
+    if build["cuda"] is None:
         return (
-            f"this torch is a ROCm build (HIP {torch.version.hip}): its GPUs are the rocm "
-            "platform, not cuda"
+            f"torch {build['__version__']} is built without CUDA (a CPU build); install a "
+            "CUDA build of torch to use NVIDIA GPUs"
         )
-    if torch.version.cuda is None:
-        return (
-            f"torch {torch.__version__} is built without CUDA (a CPU build); install a CUDA "
-            "build of torch to use NVIDIA GPUs"
-        )
+    import torch
+
     if not torch.cuda.is_available():
         return (
-            f"torch (CUDA {torch.version.cuda}) finds no usable CUDA device: no NVIDIA GPU is "
+            f"torch (CUDA {build['cuda']}) finds no usable CUDA device: no NVIDIA GPU is "
             "visible (see CUDA_VISIBLE_DEVICES), or the driver is missing or older than this "
             "CUDA needs"
         )
