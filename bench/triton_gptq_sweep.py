@@ -15,27 +15,33 @@ import itertools
 
 
 def candidates(m: int):
+    """The configurations to time at ``m`` rows: around the transposed-tile experiment's best
+    (.devrun/swap_exp.py on an H100, 2026-11-27; see ``CONFIGS``)."""
     from ferrule_triton_kernels.configs import TileConfig
 
     found = []
     if m <= 64:
+        # Small batches: the split-K program, one tile of rows. BLOCK_N is the tensor cores'
+        # M side in the transposed tile (64 per warpgroup), so 8 warps only with 128.
         block_m = max(16, 1 << (m - 1).bit_length())
-        for block_n, block_k, warps, stages in itertools.product(
-            (64, 128, 256), (64, 128), (4, 8), (3, 4)
+        for block_n, block_k, warps, stages, split in itertools.product(
+            (64, 128), (64, 128), (4, 8), (3, 4), (1, 2, 4, 8)
         ):
-            if block_n == 256 and warps == 4:
+            if block_n == 64 and warps == 8:
                 continue
-            found.append(TileConfig("gemv", block_m, block_n, block_k, warps, stages))
+            found.append(TileConfig("gemv", block_m, block_n, block_k, warps, stages, split))
     if m >= 64:
         for block_m, block_n, block_k, warps, stages in (
             (64, 128, 64, 4, 4),
-            (64, 256, 64, 8, 4),
-            (128, 128, 64, 8, 3),
-            (128, 128, 64, 4, 4),
-            (128, 256, 64, 8, 3),
-            (128, 128, 128, 8, 3),
-            (256, 128, 64, 8, 3),
+            (64, 256, 64, 8, 3),
             (128, 64, 64, 4, 4),
+            (128, 128, 64, 4, 4),
+            (128, 128, 64, 8, 3),
+            (128, 128, 128, 8, 3),
+            (128, 256, 64, 8, 3),
+            (256, 64, 64, 4, 3),
+            (256, 128, 64, 8, 3),
+            (256, 128, 64, 8, 4),
         ):
             if block_m <= max(64, m):
                 found.append(TileConfig("gemm", block_m, block_n, block_k, warps, stages))

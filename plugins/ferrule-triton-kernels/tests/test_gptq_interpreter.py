@@ -236,18 +236,36 @@ def test_configs_cover_k_without_empty_slices(m, k, n):
 
 
 def test_small_batches_split_k_to_fill_the_gpu():
-    config = configs_for(16, 14336, 4096, sms=132)  # few column tiles: K must split
+    table = {64: TileConfig("gemv", block_m=16, block_n=64, block_k=128, split_k=0)}
+    config = configs_for(16, 14336, 4096, sms=132, table=table)  # few column tiles: K splits
     tiles = -(-4096 // config.block_n)
     assert config.split_k > 1 and tiles * config.split_k >= 132
+    # enough column tiles: no split
+    assert configs_for(16, 4096, 14336 * 2, sms=132, table=table).split_k == 1
+
+
+@pytest.mark.parametrize(("k", "n"), [(4096, 14336), (28672, 8192)])
+@pytest.mark.parametrize("m", [16, 32, 64])
+def test_the_tables_small_batch_split_is_kept_as_measured(m, k, n):
+    config = configs_for(m, k, n, bits=4, group_size=128)
+    assert config.program == "gemv" and config.split_k == CONFIGS[m].split_k == 4
+    assert (config.block_m, config.block_n, config.block_k) == (
+        CONFIGS[m].block_m,
+        CONFIGS[m].block_n,
+        CONFIGS[m].block_k,
+    )
+    # a K too short for four slices gets fewer, none empty
+    assert configs_for(m, 2 * config.block_k, n).split_k == 2
 
 
 def test_k_blocks_stay_short_where_rows_are_gathered_one_by_one():
-    # The 64-row entry asks for K blocks of 128.
-    assert configs_for(64, 4096, 4096, group_size=128).block_k == 128
-    assert configs_for(64, 4096, 4096, group_size=-1).block_k == 128
-    assert configs_for(64, 4096, 4096, group_size=0).block_k == 64  # uneven groups
-    assert configs_for(64, 4096, 4096, group_size=48).block_k == 64
-    assert configs_for(64, 4096, 4096, bits=3, group_size=128).block_k == 32
+    # The 16-row entry asks for K blocks of 128.
+    assert CONFIGS[16].block_k == 128
+    assert configs_for(16, 4096, 4096, group_size=128).block_k == 128
+    assert configs_for(16, 4096, 4096, group_size=-1).block_k == 128
+    assert configs_for(16, 4096, 4096, group_size=0).block_k == 64  # uneven groups
+    assert configs_for(16, 4096, 4096, group_size=48).block_k == 64
+    assert configs_for(16, 4096, 4096, bits=3, group_size=128).block_k == 32
 
 
 def test_configs_shrink_to_small_problems():
@@ -278,6 +296,18 @@ def test_smaller_configs_shrink_to_the_smallest_tile():
         seen.append(config)
     assert [c.num_stages for c in seen[:3]] == [4, 3, 2]
     assert seen[-1] == TileConfig("gemm", block_m=16, block_n=16, block_k=16, num_stages=2)
+    # a gemm's rows shrink to 64 before its columns (the tensor cores' M side)
+    big = TileConfig("gemm", block_m=256, block_n=128, block_k=16, num_stages=2)
+    shrunk = [big]
+    while (big := smaller(big, bits=4)) is not None:
+        shrunk.append(big)
+    assert [(c.block_m, c.block_n) for c in shrunk[:5]] == [
+        (256, 128),
+        (128, 128),
+        (64, 128),
+        (64, 64),
+        (64, 32),
+    ]
     assert smaller(TileConfig("gemv", 1, 16, 16, num_stages=2), bits=4) is None
 
 

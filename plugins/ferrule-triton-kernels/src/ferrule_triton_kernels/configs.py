@@ -10,9 +10,13 @@ every larger ``M``) and names one of two programs:
   ``split_k`` slices summed in float32. Small M is bound by reading the weight, so the grid
   must keep every SM streaming: ``split_k = 0`` picks the split that gives about
   ``PROGRAMS_PER_SM`` programs per SM while each slice still runs ``MIN_BLOCKS_PER_SLICE``
-  K blocks.
-- ``gemm`` (:mod:`ferrule_triton_kernels.gptq_gemm`): classic ``BLOCK_M x BLOCK_N`` tiles
-  over the whole K, swizzled in groups of ``group_m`` M tiles for L2 reuse.
+  K blocks; a positive ``split_k`` is taken as it is (the table's measured entries).
+- ``gemm`` (:mod:`ferrule_triton_kernels.gptq_gemm`): ``BLOCK_M x BLOCK_N`` tiles over the
+  whole K, swizzled in groups of ``group_m`` M tiles for L2 reuse.
+
+Both compute their tiles transposed (``tl.dot(W^T, x^T)``, see
+:mod:`ferrule_triton_kernels.dequant`): ``BLOCK_N`` is the tensor cores' M side (Hopper's
+``wgmma`` wants a multiple of 64 there) and ``BLOCK_M`` their N side (16 to 256).
 
 :func:`configs_for` resolves an entry for one problem: it shrinks tiles to the problem,
 keeps ``BLOCK_K`` within one quantization group where it can (one scale row per K block)
@@ -80,13 +84,26 @@ class TileConfig:
 
 # Keyed by the largest M each entry serves. Starting points for an H100, to be tuned there.
 CONFIGS: dict[int, TileConfig] = {
-    # Measured on an H100 (bench/triton_gptq_sweep.py, 2026-11-27): the best of 24 gemv and
-    # 8 gemm candidates on 4096x14336 and 28672x8192 at M = 16, 64, 256, 1024.
+    # M = 1 measured on an H100 (bench/triton_gptq_sweep.py, 2026-11-27): the best of the
+    # sweep's candidates on 4096x14336 and 28672x8192.
     1: TileConfig("gemv", block_m=1, block_n=128, block_k=64, num_warps=4, num_stages=4),
-    16: TileConfig("gemv", block_m=16, block_n=64, block_k=64, num_warps=8, num_stages=4),
-    32: TileConfig("gemv", block_m=32, block_n=64, block_k=64, num_warps=8, num_stages=4),
-    64: TileConfig("gemv", block_m=64, block_n=128, block_k=128, num_warps=8, num_stages=3),
-    256: TileConfig("gemm", block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4),
+    # The rest from the swap experiment on an H100 (.devrun/swap_exp.py, 2026-11-27): the
+    # transposed tile (tl.dot(W^T, x^T)), best on 4096x14336 and 28672x8192 at M = 16, 64,
+    # 256, 1024 against fp16 cuBLAS: 1.91x at 16, 1.35x at 64, 0.62-0.72x at 256, 0.60-0.70x
+    # at 1024. It tried split 1 and 4 only and 4 won: set here, since split_k = 0 would pick
+    # 1 or 2 on those shapes (PROGRAMS_PER_SM). M = 32 is not measured: the M = 16 entry with
+    # 32 rows. At 256 its best on 28672x8192 was (128, 128, 128, 8, 3) (0.62x; 0.72x for the
+    # entry's tile on 4096x14336).
+    16: TileConfig(
+        "gemv", block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4, split_k=4
+    ),
+    32: TileConfig(
+        "gemv", block_m=32, block_n=64, block_k=128, num_warps=4, num_stages=4, split_k=4
+    ),
+    64: TileConfig(
+        "gemv", block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3, split_k=4
+    ),
+    256: TileConfig("gemm", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3),
     1024: TileConfig("gemm", block_m=256, block_n=128, block_k=64, num_warps=8, num_stages=3),
 }
 
@@ -163,14 +180,19 @@ def configs_for(
 def smaller(config: TileConfig, bits: int) -> TileConfig | None:
     """A configuration that needs less shared memory, or ``None`` at the smallest.
 
-    Fewer pipeline stages first, then halved K, N and M blocks (``split_k`` stays, so
-    :func:`k_per_split` still covers K). For a device with less shared memory than the
-    table was tuned on (Triton raises ``OutOfResources`` before launching).
+    Fewer pipeline stages first, then halved K blocks, a gemm's M blocks down to 64, N
+    blocks, and M blocks (``split_k`` stays, so :func:`k_per_split` still covers K). In a
+    gemm tile ``x``'s ``[BLOCK_K, BLOCK_M]`` is most of the shared memory, and ``BLOCK_N``
+    is the tensor cores' M side (wgmma: 64 and up), so rows go before columns. For a device
+    with less shared memory than the table was tuned on (Triton raises ``OutOfResources``
+    before launching).
     """
     if config.num_stages > 2:
         return dataclasses.replace(config, num_stages=config.num_stages - 1)
     if config.block_k > max(16, _codes_per_word(bits)):
         return dataclasses.replace(config, block_k=config.block_k // 2)
+    if config.program == "gemm" and config.block_m > 64:
+        return dataclasses.replace(config, block_m=config.block_m // 2)
     if config.block_n > 16:
         return dataclasses.replace(config, block_n=config.block_n // 2)
     if config.program == "gemm" and config.block_m > 16:

@@ -1,13 +1,20 @@
-"""The large-batch program of ``triton-gptq``: a tiled GEMM that dequantizes B in registers.
+"""The large-batch program of ``triton-gptq``: a tiled GEMM that dequantizes W in registers.
 
-Each program computes a ``BLOCK_M x BLOCK_N`` tile of the output over the whole of K:
-per ``BLOCK_K`` step it loads the activation tile (gathered through ``input_perm`` under
-act-order), loads the packed weight tile once, unpacks and dequantizes it to the activation
-dtype (:func:`~ferrule_triton_kernels.dequant.weight_tile`), and accumulates ``tl.dot`` in
-float32; ``num_stages`` pipelines the loads. Programs are ordered in groups of ``GROUP_M``
-M tiles that walk the N tiles together, so a weight tile is still in L2 when the next M
-tile of the group reads it. Each weight tile is dequantized once per M tile, which the
-``BLOCK_M`` rows of tensor-core work amortize.
+Each program computes a ``BLOCK_M x BLOCK_N`` tile of the output over the whole of K, as its
+transpose: per ``BLOCK_K`` step it loads the activation tile transposed, ``[BLOCK_K,
+BLOCK_M]`` (gathered through ``input_perm`` under act-order), loads the packed weight tile
+once, unpacks and dequantizes it to the activation dtype
+(:func:`~ferrule_triton_kernels.dequant.weight_tile`), and accumulates ``tl.dot(W^T, x^T)``
+in a float32 ``[BLOCK_N, BLOCK_M]`` tile (:func:`~ferrule_triton_kernels.dequant.dot_step_t`),
+stored at the end as ``out[m, n] = acc[n, m]``; ``num_stages`` pipelines the loads. With the
+weight as the left operand the tensor cores can take it where it was dequantized and the
+activations stream through shared memory (why, and the H100 numbers - 0.60-0.72x of fp16
+cuBLAS at M = 256 to 1024 against 0.45-0.55x untransposed - are in
+:mod:`ferrule_triton_kernels.dequant`). Programs are ordered in groups of ``GROUP_M`` M
+tiles that walk the N tiles together, so a weight tile is still in L2 when the next M tile
+of the group reads it (the experiment behind those numbers launched a plain grid, N tiles
+fastest; this order is not yet timed with the transposed tile). Each weight tile is
+dequantized once per M tile, which the ``BLOCK_M`` rows of tensor-core work amortize.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ferrule_triton_kernels.configs import TileConfig
-from ferrule_triton_kernels.dequant import dot_step
+from ferrule_triton_kernels.dequant import dot_step_t
 from ferrule_triton_kernels.operands import GptqOperands, dot_precision
 
 
@@ -47,7 +54,8 @@ def gptq_gemm_kernel(
     GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """``out[tile] = x[tile rows] @ W[:, tile cols]``, ``out`` ``[M, N]`` contiguous."""
+    """``out[tile] = x[tile rows] @ W[:, tile cols]``, computed as its transpose; ``out``
+    ``[M, N]`` contiguous."""
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -62,15 +70,15 @@ def gptq_gemm_kernel(
     rows = offs_m.to(tl.int64)  # M * K may pass 2**31 in a long prefill
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # transposed: acc[n, m]
     for k0 in range(0, K, BLOCK_K):
-        acc = dot_step(
+        acc = dot_step_t(
             acc, x_ptr, perm_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, rows, m_mask,
             k0, offs_n, n_mask, K, N, stride_xm, stride_xk,
             BITS, BLOCK_K, BLOCK_N, GROUP_SIZE, GROUP_MODE, ZERO, HAS_PERM, PRECISION,
         )  # fmt: skip
-    out = out_ptr + rows[:, None] * N + offs_n[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    out = out_ptr + rows[None, :] * N + offs_n[:, None]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
 
 
 def gemm(x: Tensor, operands: GptqOperands, config: TileConfig) -> Tensor:
