@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-KERNEL_KINDS = ("linear", "attention", "moe", "norm", "rotary")
-# Fused helpers of engine layers: RMSNorm with the residual add, rotary embedding of q and k.
-FUSED_KINDS = ("norm", "rotary")
+KERNEL_KINDS = ("linear", "attention", "moe", "norm", "rotary", "activation")
+# Fused helpers of engine layers: RMSNorm with the residual add, rotary embedding of q and k,
+# a gated MLP's activation times its up projection.
+FUSED_KINDS = ("norm", "rotary", "activation")
 ANY_PLATFORM = "*"
 
 
@@ -30,7 +31,8 @@ class KernelRequest:
     ``capability`` is the device's compute capability where the platform has one.
     Linear and MoE kernels read the quantization fields (``bits`` ... ``out_features``);
     attention kernels read ``head_dim`` and ``sliding_window`` instead (see
-    :meth:`attention`).
+    :meth:`attention`); ``activation`` kernels read ``activation``, the model's
+    ``hidden_act`` name (``"silu"``), which the kernel's ``check`` accepts or refuses.
     """
 
     platform: str
@@ -44,6 +46,7 @@ class KernelRequest:
     capability: tuple[int, int] | None = None
     head_dim: int = 0
     sliding_window: int | None = None
+    activation: str = ""
 
     @classmethod
     def attention(
@@ -65,6 +68,8 @@ class KernelRequest:
         )
 
     def describe(self) -> str:
+        if self.activation:
+            return f"activation {self.activation!r}, {self.dtype} on {self.platform}"
         if self.bits == 16 and not self.in_features and not self.head_dim:
             return f"{self.dtype} on {self.platform}"
         if self.head_dim:
@@ -98,8 +103,11 @@ class KernelSpec:
 
     Fused helpers (``kind="norm"``: RMSNorm with an optional residual add, factory(norm
     layer) -> ``forward(x, residual=None)``; ``kind="rotary"``: rotary embedding of queries
-    and keys, factory(rotary layer) -> ``forward(positions, query, key)``) ignore the
-    quantization fields; a rotary kernel may declare ``head_dims``.
+    and keys, factory(rotary layer) -> ``forward(positions, query, key)``; ``kind="activation"``:
+    a gated MLP's ``act(gate) * up``, factory(MLP layer) -> ``forward(x)`` mapping ``x`` of
+    shape ``[..., 2 * I]`` laid out ``[gate | up]`` to ``[..., I]``, with ``check`` refusing the
+    ``request.activation`` names it does not compute) ignore the quantization fields; a rotary
+    kernel may declare ``head_dims``.
 
     Attention kernels (``kind="attention"``) ignore the quantization fields; they declare
     ``head_dims`` (``None``: any) and whether they handle ``sliding_window`` layers, and

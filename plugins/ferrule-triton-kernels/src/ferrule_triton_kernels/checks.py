@@ -81,3 +81,17 @@ def check_linear(request: KernelRequest) -> str | None:
 def check_attention(request: KernelRequest) -> str | None:
     """``triton-paged-attention``: the head dims and dtypes are data on the spec."""
     return check_platform(request)
+
+
+# transformers' ACT2FN names of SiLU (``swish`` is the same ``nn.SiLU``).
+SILU_NAMES = ("silu", "swish")
+
+
+def check_activation(request: KernelRequest) -> str | None:
+    """``triton-silu-mul``: only ``silu(gate) * up``; other activations keep torch's ops."""
+    if request.activation not in SILU_NAMES:
+        return (
+            f"fuses only silu(gate) * up (hidden_act {' or '.join(map(repr, SILU_NAMES))}), "
+            f"not hidden_act={request.activation!r}; the MLP computes it with torch ops"
+        )
+    return check_platform(request)

@@ -11,9 +11,10 @@ factories and :mod:`ferrule_triton_kernels.checks` imports triton when selection
   prefill, cached prefixes, decode, grouped KV heads, sliding windows) with a fused
   ``write_kv`` (see :mod:`ferrule_triton_kernels.attention`).
 
-- ``triton-rmsnorm`` and ``triton-rotary``: fused helpers of the engine's layers (RMSNorm
-  with the residual add, rotary embedding of queries and keys in place), one launch each
-  instead of about seven and twenty torch kernels (see :mod:`.fused_norm`, :mod:`.fused_rotary`).
+- ``triton-rmsnorm``, ``triton-rotary`` and ``triton-silu-mul``: fused helpers of the engine's
+  layers (RMSNorm with the residual add, rotary embedding of queries and keys in place, a gated
+  MLP's ``silu(gate) * up``), one launch each instead of about seven, twenty and two torch
+  kernels (see :mod:`.fused_norm`, :mod:`.fused_rotary`, :mod:`.fused_act`).
 
 All run on CUDA and ROCm GPUs, and on CPU tensors in Triton's interpreter when
 ``TRITON_INTERPRET=1`` (for tests).
@@ -22,7 +23,12 @@ All run on CUDA and ROCm GPUs, and on CPU tensors in Triton's interpreter when
 from __future__ import annotations
 
 from ferrule_core import KernelSpec, hookimpl
-from ferrule_triton_kernels.checks import check_attention, check_linear, check_platform
+from ferrule_triton_kernels.checks import (
+    check_activation,
+    check_attention,
+    check_linear,
+    check_platform,
+)
 
 PLATFORMS = ("cuda", "rocm", "cpu")  # cpu: only in the interpreter (see checks.py)
 LINEAR_PRIORITY = 20
@@ -47,6 +53,12 @@ def _rotary_factory(layer):
     from ferrule_triton_kernels.fused_rotary import TritonRotary
 
     return TritonRotary(layer)
+
+
+def _silu_mul_factory(layer):
+    from ferrule_triton_kernels.fused_act import TritonSiluMul
+
+    return TritonSiluMul(layer)
 
 
 def _attention_factory(layer):
@@ -112,5 +124,15 @@ def ferrule_register_kernels():
             priority=FUSED_PRIORITY,
             check=check_platform,
             description="rotary embedding of queries and keys in place (neox and GPT-J styles)",
+        ),
+        KernelSpec(
+            name="triton-silu-mul",
+            kind="activation",
+            factory=_silu_mul_factory,
+            platforms=PLATFORMS,
+            dtypes=("float16", "bfloat16", "float32"),
+            priority=FUSED_PRIORITY,
+            check=check_activation,
+            description="a gated MLP's silu(gate) * up from the merged [gate | up] rows",
         ),
     ]

@@ -3,6 +3,11 @@
 The activation is transformers' ``ACT2FN[hidden_act]``, so ``silu``, ``gelu_pytorch_tanh``
 and the rest compute exactly as in the reference model. Models that route tokens to
 experts replace this module (it is one attribute of the decoder layer).
+
+Once gate and up are merged (:meth:`GatedMLP.merge_projections`), an ``activation`` kernel
+from the registry (:mod:`.fused`; asked with ``activation=hidden_act``) may compute
+``act(gate) * up`` from the merged ``[gate | up]`` output in one launch instead of two;
+when none accepts (on the CPU, for an activation no kernel fuses) torch's ops run.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from torch import nn
 
 from ferrule_core.errors import ConfigError
 from ferrule_engine.layers.context import ModelContext
+from ferrule_engine.layers.fused import KernelDispatch
 from ferrule_engine.layers.linear import make_linear
 
 # Rows per pass through the MLP. Its intermediates are [rows, intermediate_size]; slices of
@@ -61,6 +67,7 @@ class GatedMLP(nn.Module):
         self.act_fn = activation(hidden_act)
         self.gate_up_proj: nn.Module | None = None  # gate and up merged once loaded
         self.intermediate_size = intermediate_size
+        self.fused = KernelDispatch("activation", ctx.registry, activation=hidden_act)
 
     def merge_projections(self) -> None:
         """gate and up as one layer (after loading; see :mod:`ferrule_engine.layers.merge`)."""
@@ -84,10 +91,18 @@ class GatedMLP(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+            gate_up = self.gate_up_proj(x)
+            kernel = self.fused.kernel(self, gate_up)
+            if kernel is not None:
+                return self.down_proj(kernel.forward(gate_up))
+            gate, up = gate_up.split(self.intermediate_size, dim=-1)
             hidden = self.act_fn(gate)
         else:
             hidden = self.act_fn(self.gate_proj(x))
             up = self.up_proj(x)
         hidden = hidden * up if torch.is_grad_enabled() else hidden.mul_(up)
         return self.down_proj(hidden)
+
+    def _apply(self, fn, *args, **kwargs):  # moved or cast: choose the kernel again
+        self.fused.forget()
+        return super()._apply(fn, *args, **kwargs)
