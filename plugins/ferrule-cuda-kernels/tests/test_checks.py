@@ -34,7 +34,7 @@ def built(monkeypatch):
 
 def test_the_kernel_records(registry):
     gemv = registry.kernel("cuda-gptq-gemv")
-    assert (gemv.plugin, gemv.priority, gemv.preferred_rows) == ("cuda", 30, (1, 8))
+    assert (gemv.plugin, gemv.priority, gemv.preferred_rows) == ("cuda", 30, (1, 2))
     assert gemv.sorted_groups and gemv.bits == (4, 8) and gemv.platforms == ("cuda",)
     int4 = registry.kernel("torch-int4")
     assert (int4.priority, int4.dtypes, int4.min_capability) == (15, ("bfloat16",), (8, 0))

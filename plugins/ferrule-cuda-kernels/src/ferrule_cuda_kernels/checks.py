@@ -12,7 +12,6 @@ from ferrule_cuda_kernels.groups import group_rows, op_group_size
 
 # Rows of K that share one scale load in cuda-gptq-gemv (csrc/gptq_gemv.h: unit_rows).
 GEMV_UNIT_ROWS = {4: 32, 8: 16}
-MMA_GROUP_ROWS = 16  # rows of one mma step of cuda-gptq-mma (csrc/gptq_mma.cu)
 INT4_OPS = ("_convert_weight_to_int4pack", "_weight_int4pack_mm")
 # Before 2.5 the CUDA _convert_weight_to_int4pack took int32 codes [N, K], not uint8 [N, K/2].
 INT4_MIN_TORCH = (2, 5)
@@ -39,24 +38,6 @@ def check_gemv(request: KernelRequest) -> str | None:
         return reason
     if request.out_features % 4:
         return f"loads 4 output columns at a time; out_features={request.out_features}"
-    from ferrule_cuda_kernels import extension
-
-    return extension.build_problem(_capability(request))
-
-
-def check_mma(request: KernelRequest) -> str | None:
-    """``cuda-gptq-mma``: groups of 16 rows, packable shapes, then the extension."""
-    size, k = request.group_size, request.in_features
-    if not (size == -1 or (k and size >= k) or size % MMA_GROUP_ROWS == 0):
-        return (
-            f"reads one scale per {MMA_GROUP_ROWS} rows, so the group size must be a multiple "
-            f"of {MMA_GROUP_ROWS} (or -1), not {size}"
-        )
-    if k:
-        from ferrule_cuda_kernels.mma_pack import check_shape
-
-        if problem := check_shape(k, request.out_features):
-            return problem
     from ferrule_cuda_kernels import extension
 
     return extension.build_problem(_capability(request))

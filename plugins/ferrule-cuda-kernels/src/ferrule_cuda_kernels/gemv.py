@@ -7,7 +7,8 @@ weight once with 16-byte loads, applies each row of ``x`` (up to 8 in one pass) 
 weight it loads, gathers ``x`` through the layer's ``input_perm`` itself
 (``handles_input_perm``), accumulates in float32 and splits K over blocks when the layer is too
 narrow to fill the GPU. More than 8 rows run in passes of 8, each reading the weight again:
-correct at any batch, fast for 1 to 8 rows (``preferred_rows``).
+correct at any batch; preferred for 1 and 2 rows (``preferred_rows``), where it beats
+triton-gptq on an H100.
 
 The layer arrives with its rows sorted by group (``sorted_groups=True``); the kernel needs
 groups of ``group_size`` consecutive rows, which every GPTQ layer has once sorted, and a group

@@ -4,13 +4,9 @@ Importing this module imports no torch: the kernels load in their factories and 
 import torch when selection calls them.
 
 - ``cuda-gptq-gemv``: 4- and 8-bit layers, float16 and bfloat16, a CUDA C++ GEMV that reads
-  GPTQ's layout in place, preferred for 1 to 8 input rows (decode). It compiles on first use
+  GPTQ's layout in place, preferred for 1 and 2 input rows (decode). It compiles on first use
   (needs the CUDA toolkit's nvcc and ninja, see :mod:`ferrule_cuda_kernels.extension`); where
   it cannot, it refuses with the reason and selection moves on.
-- ``cuda-gptq-mma``: 4-bit layers, float16 and bfloat16, for every batch size: a repacked
-  copy multiplied on tensor cores (``mma.sync``) up to 128 rows, dequantized once into a
-  shared buffer for cuBLAS above (see :mod:`ferrule_cuda_kernels.mma`); compiled on first use
-  like the GEMV, which keeps serving 8-bit layers.
 - ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
   activations, sm_80+; a candidate the benchmarks compare.
 
@@ -21,10 +17,9 @@ rows, and they cost what an in-order layer does.
 from __future__ import annotations
 
 from ferrule_core import KernelSpec, PlatformSpec, hookimpl
-from ferrule_cuda_kernels.checks import check_gemv, check_mma, check_torch_int4
+from ferrule_cuda_kernels.checks import check_gemv, check_torch_int4
 from ferrule_cuda_kernels.platform import capability, check, memory
 
-MMA_PRIORITY = 35
 GEMV_PRIORITY = 30
 TORCH_INT4_PRIORITY = 15
 PLATFORM_PRIORITY = 20
@@ -34,12 +29,6 @@ def _gemv_factory(layer):
     from ferrule_cuda_kernels.gemv import CudaGptqGemv
 
     return CudaGptqGemv(layer)
-
-
-def _mma_factory(layer):
-    from ferrule_cuda_kernels.mma import CudaGptqMma
-
-    return CudaGptqMma(layer)
 
 
 def _torch_int4_factory(layer):
@@ -58,7 +47,7 @@ def ferrule_register_platforms():
             memory=memory,
             capability=capability,
             distributed_backend="nccl",
-            preferred_kernels=("cuda-gptq-mma", "cuda-gptq-gemv", "torch-int4"),
+            preferred_kernels=("cuda-gptq-gemv", "torch-int4"),
             priority=PLATFORM_PRIORITY,
             description="NVIDIA GPUs through a CUDA build of torch (device memory, nccl)",
         )
@@ -68,28 +57,6 @@ def ferrule_register_platforms():
 @hookimpl
 def ferrule_register_kernels():
     return [
-        KernelSpec(
-            name="cuda-gptq-mma",
-            kind="linear",
-            factory=_mma_factory,
-            platforms=("cuda",),
-            bits=(4,),
-            group_sizes=None,
-            desc_act=True,
-            sym=True,
-            asym=True,
-            dtypes=("float16", "bfloat16"),
-            min_capability=(8, 0),
-            priority=MMA_PRIORITY,
-            check=check_mma,
-            preferred_rows=(1, None),
-            sorted_groups=True,
-            description=(
-                "CUDA C++ tensor-core (mma.sync) W4A16 matmul on a repacked copy, weight as the "
-                "left operand so 1-8 tokens waste nothing; split-K; dequantize + cuBLAS above "
-                "128 rows; groups of multiples of 16 rows; compiled on first use (nvcc)"
-            ),
-        ),
         KernelSpec(
             name="cuda-gptq-gemv",
             kind="linear",
@@ -104,10 +71,12 @@ def ferrule_register_kernels():
             min_capability=(7, 0),
             priority=GEMV_PRIORITY,
             check=check_gemv,
-            preferred_rows=(1, 8),
+            # One and two rows: from three on triton-gptq's tensor-core program is faster
+            # (H100, 2026-11-27: 1.13-1.63x vs 1.21-1.99x fp16 at three rows).
+            preferred_rows=(1, 2),
             sorted_groups=True,
             description=(
-                "CUDA C++ GEMV on GPTQ's own layout for 1-8 rows (more in passes of 8): "
+                "CUDA C++ GEMV on GPTQ's own layout, preferred for 1-2 rows (any batch, in passes of 8): "
                 "16-byte weight loads, split-K, float32 accumulation; group sizes that are "
                 "multiples of 32 (4-bit) or 16 (8-bit), or -1; compiled on first use (nvcc)"
             ),

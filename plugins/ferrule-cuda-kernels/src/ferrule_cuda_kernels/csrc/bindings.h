@@ -1,5 +1,5 @@
 // The functions the extension module (module.cpp) exposes, and the helpers their bindings
-// (gptq_gemv.cpp, gptq_mma.cpp) share.
+// (gptq_gemv.cpp) use.
 #pragma once
 
 #include <torch/extension.h>
@@ -23,15 +23,5 @@ torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tenso
                         int64_t bits, int64_t group_size);
 std::vector<int64_t> gptq_gemv_plan(int64_t M, int64_t K, int64_t N, int64_t bits,
                                     int64_t counter_capacity);
-
-torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
-                       const torch::Tensor& packed, const torch::Tensor& scales,
-                       const std::optional<torch::Tensor>& zeros, const torch::Tensor& counters,
-                       int64_t group_size, int64_t n_tiles, int64_t splits);
-void gptq_mma_dequant(const torch::Tensor& packed, const torch::Tensor& scales,
-                      const std::optional<torch::Tensor>& zeros, torch::Tensor& out,
-                      int64_t group_size);
-std::vector<int64_t> gptq_mma_plan(int64_t M, int64_t K, int64_t N, int64_t counter_capacity,
-                                   int64_t n_tiles, int64_t splits);
 
 }  // namespace ferrule_bindings

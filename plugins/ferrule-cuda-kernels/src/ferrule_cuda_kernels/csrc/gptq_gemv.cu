@@ -37,11 +37,20 @@
 namespace ferrule_gemv {
 namespace {
 
-constexpr int kWarps = 8;
+#ifndef FERRULE_GEMV_WARPS
+#define FERRULE_GEMV_WARPS 8
+#endif
+#ifndef FERRULE_GEMV_UNITS
+#define FERRULE_GEMV_UNITS 2
+#endif
+#ifndef FERRULE_GEMV_MIN_BLOCKS
+#define FERRULE_GEMV_MIN_BLOCKS 3
+#endif
+constexpr int kWarps = FERRULE_GEMV_WARPS;  // -D overrides are for tuning experiments
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32 * 4;        // columns of one block: 32 lanes x 4 columns
 constexpr int kUnitWords = 4;         // packed rows sharing one (scale, zero) load
-constexpr int kUnitsPerWarp = 2;      // a warp's units per step: 8 loads in flight a thread
+constexpr int kUnitsPerWarp = FERRULE_GEMV_UNITS;  // a warp's units per step: 4 loads each
 constexpr int kStepUnits = kWarps * kUnitsPerWarp;
 constexpr int kMaxTileRows = 8;
 // A code q at bit b of a word, masked in place, is the denormal float q * 2^(b - 149); x is
@@ -83,7 +92,7 @@ __device__ __forceinline__ float exp2i(int e) { return __int_as_float((127 + e) 
 // One row of x (decode) fits 80 registers, so three blocks share a multiprocessor: 24 warps
 // and 96 KB of loads in flight. More rows keep the compiler's choice (0: no minimum).
 template <int ROWS>
-constexpr int kMinBlocks = ROWS == 1 ? 3 : 0;
+constexpr int kMinBlocks = ROWS == 1 ? FERRULE_GEMV_MIN_BLOCKS : 0;
 
 template <typename T, int BITS, int ROWS>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(const Problem p) {

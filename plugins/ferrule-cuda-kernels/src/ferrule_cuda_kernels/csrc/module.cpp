@@ -1,4 +1,4 @@
-// The extension module: the bindings of cuda-gptq-gemv and cuda-gptq-mma, and what they share.
+// The extension module: the bindings of cuda-gptq-gemv and the helpers they use.
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -38,8 +38,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace ferrule_bindings;
   m.def("gptq_gemv", &gptq_gemv, "y = x @ W for a GPTQ 4/8-bit layer (cuda-gptq-gemv)");
   m.def("gptq_gemv_plan", &gptq_gemv_plan, "(tile_rows, splits, units_per_split) for a shape");
-  m.def("gptq_mma", &gptq_mma, "y = x @ W on tensor cores, 4-bit repacked (cuda-gptq-mma)");
-  m.def("gptq_mma_dequant", &gptq_mma_dequant, "W^T [N, K] from the repacked layer, into out");
-  m.def("gptq_mma_plan", &gptq_mma_plan,
-        "(token_tiles, n_tiles, splits, kb_per_split) cuda-gptq-mma would use for a shape");
 }
