@@ -29,7 +29,7 @@ from ferrule_triton_kernels.dequant import dot_step_t
 from ferrule_triton_kernels.operands import GptqOperands, dot_precision
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # one compile for every row count
 def gptq_gemm_kernel(
     x_ptr,
     perm_ptr,

@@ -104,7 +104,7 @@ def _row_times_weights(
     return tl.sum(acc, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # one compile for every row count
 def gptq_gemv_kernel(
     x_ptr,
     perm_ptr,
@@ -165,7 +165,7 @@ def gptq_gemv_kernel(
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def sum_slices_kernel(partial_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
     """``out = partial.sum(0)`` over ``[SPLIT_K, numel]`` float32, cast to ``out``'s dtype."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

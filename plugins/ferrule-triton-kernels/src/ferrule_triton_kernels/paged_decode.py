@@ -40,7 +40,7 @@ MAX_SPLITS = 32
 PROGRAMS_PER_SM = 2  # split until (S * Hkv * splits) reaches this many programs per SM
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_table"])  # the block table width varies by step
 def _decode_kernel(
     Q,
     K,

@@ -35,7 +35,9 @@ from ferrule_triton_kernels.paged_tile import M_INIT, attend_tile
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
+# Batch-dependent integers are not specialized on (Triton would compile a variant for each
+# value that is 1 or a multiple of 16): one compile serves every step.
+@triton.jit(do_not_specialize=["num_seqs", "stride_table"])
 def _prefill_kernel(
     Q,
     K,
