@@ -30,6 +30,15 @@ def candidates(m: int):
             if block_n == 64 and warps == 8:
                 continue
             found.append(TileConfig("gemv", block_m, block_n, block_k, warps, stages, split))
+    if 64 < m <= 256:
+        # Mid-size batches on narrow layers: the split-K program with several row tiles, so
+        # that K splits fill the GPU when N alone gives too few tiles.
+        for block_m, block_n, warps, split in itertools.product(
+            (64, 128), (64, 128), (4, 8), (1, 2, 4)
+        ):
+            if block_n == 64 and warps == 8:
+                continue
+            found.append(TileConfig("gemv", block_m, block_n, 64, warps, 3, split))
     if m >= 64:
         for block_m, block_n, block_k, warps, stages in (
             (64, 128, 64, 4, 4),

@@ -87,6 +87,15 @@ def _error(kernel, layer, rows, dtype=torch.float32):
 # --- the programs ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rows", [17, 40])
+def test_split_k_program_over_several_row_tiles(rows):
+    """The split-K program with fewer rows a tile than the batch (as CONFIGS' M = 256 entry)."""
+    table = {1024: TileConfig("gemv", block_m=16, block_n=64, block_k=32, split_k=2)}
+    layer = _layer(128, 96, 4, 32, desc_act=True, sym=False)
+    layer.sort_groups()
+    assert _error(_kernel(layer, table), layer, rows) < 1e-5
+
+
 @pytest.mark.parametrize(("bits", "group_size"), [(4, 64), (3, 32), (2, -1), (8, 128)])
 def test_split_k_slices_sum_to_the_product(bits, group_size):
     # 256 rows in K blocks of 32 are 8 blocks; 3 slices of 3 blocks, the last one
@@ -224,8 +233,8 @@ def test_selected_through_quant_linear_with_rows_sorted():
 @pytest.mark.parametrize("m", [1, 9, 16, 33, 64, 65, 300, 1024, 5000])
 def test_configs_cover_k_without_empty_slices(m, k, n):
     config = configs_for(m, k, n, bits=4, group_size=128)
-    assert config.program == ("gemv" if m <= 64 else "gemm")
-    assert config.block_m >= (m if config.program == "gemv" else 16)
+    assert config.program == ("gemv" if m <= 256 else "gemm")
+    assert config.block_m >= (min(m, 128) if config.program == "gemv" else 16)
     assert (config.block_m == 1) == (m == 1)
     assert 128 % config.block_k == 0  # a K block stays inside one group
     per_slice = k_per_split(config, k)

@@ -24,9 +24,9 @@ class EngineConfig:
     cache can hold. ``max_num_batched_tokens`` is the token budget of one step (chunked
     prefill splits longer prompts).
 
-    On CUDA, decode steps of up to ``max_cudagraph_batch`` sequences replay CUDA graphs
-    captured at start (batch padded to the next captured size); ``enforce_eager`` turns them
-    off. ``load_format="dummy"`` fills the weights with random values instead of reading
+    On CUDA, decode steps of up to ``min(max_cudagraph_batch, max_num_seqs)`` sequences
+    replay CUDA graphs captured at start (batch padded to the next captured size; 512 at most
+    by default, as vLLM); ``enforce_eager`` turns them off. ``load_format="dummy"`` fills the weights with random values instead of reading
     them (the folder needs only ``config.json``, a tokenizer and, for GPTQ, its quantize
     config): for speed measurements, as vLLM's option of that name.
     """
@@ -47,7 +47,7 @@ class EngineConfig:
     trust_remote_code: bool = False
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
-    max_cudagraph_batch: int = 256
+    max_cudagraph_batch: int = 512
     load_format: str = "auto"
 
     def __post_init__(self) -> None:
