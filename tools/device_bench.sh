@@ -13,6 +13,7 @@ for m in l8 l8w4; do
     timeout 100 ferrule bench latency /tmp/$m --load-format dummy --output-len 128 \
         --iterations 2 --max-model-len 4096 2>&1 | tee "$out/latency_$m.txt" | tail -2
 done
-timeout 260 ferrule bench throughput /tmp/l8 --load-format dummy --num-prompts 512 \
+timeout 330 ferrule bench throughput /tmp/l8 --load-format dummy --num-prompts 512 \
     --input-len 512 --output-len 256 --spread --hf-batch-size 64 --max-model-len 2048 \
+    --max-num-seqs 512 --max-num-batched-tokens 16384 \
     2>&1 | tee "$out/throughput_fp16.txt" | tail -5
