@@ -67,6 +67,20 @@ def _attention_factory(layer):
     return TritonPagedAttention(layer)
 
 
+def _fused(name, kind, factory, description, *, check=check_platform):
+    """A fused helper's spec: every float dtype, wherever Triton runs."""
+    return KernelSpec(
+        name=name,
+        kind=kind,
+        factory=factory,
+        platforms=PLATFORMS,
+        dtypes=("float16", "bfloat16", "float32"),
+        priority=FUSED_PRIORITY,
+        check=check,
+        description=description,
+    )
+
+
 @hookimpl
 def ferrule_register_kernels():
     return [
@@ -86,8 +100,8 @@ def ferrule_register_kernels():
             preferred_rows=(1, None),
             sorted_groups=True,
             description=(
-                "Triton W4A16-style GPTQ matmul reading the packed weight in place: split-K "
-                "for small batches, tiled GEMM for large; any bits/group size, act-order"
+                "Triton GPTQ matmul reading the packed weight in place, transposed tensor-core "
+                "tiles: split-K up to 256 rows, tiled GEMM above; any bits/group size, act-order"
             ),
         ),
         KernelSpec(
@@ -105,34 +119,23 @@ def ferrule_register_kernels():
                 "online softmax, GQA groups share K/V reads, graph-safe decode path"
             ),
         ),
-        KernelSpec(
-            name="triton-rmsnorm",
-            kind="norm",
-            factory=_norm_factory,
-            platforms=PLATFORMS,
-            dtypes=("float16", "bfloat16", "float32"),
-            priority=FUSED_PRIORITY,
-            check=check_platform,
-            description="RMSNorm with the residual add fused, one program per row",
+        _fused(
+            "triton-rmsnorm",
+            "norm",
+            _norm_factory,
+            "RMSNorm with the residual add fused, one program per row",
         ),
-        KernelSpec(
-            name="triton-rotary",
-            kind="rotary",
-            factory=_rotary_factory,
-            platforms=PLATFORMS,
-            dtypes=("float16", "bfloat16", "float32"),
-            priority=FUSED_PRIORITY,
-            check=check_platform,
-            description="rotary embedding of queries and keys in place (neox and GPT-J styles)",
+        _fused(
+            "triton-rotary",
+            "rotary",
+            _rotary_factory,
+            "rotary embedding of queries and keys in place (neox and GPT-J styles)",
         ),
-        KernelSpec(
-            name="triton-silu-mul",
-            kind="activation",
-            factory=_silu_mul_factory,
-            platforms=PLATFORMS,
-            dtypes=("float16", "bfloat16", "float32"),
-            priority=FUSED_PRIORITY,
+        _fused(
+            "triton-silu-mul",
+            "activation",
+            _silu_mul_factory,
+            "a gated MLP's silu(gate) * up from the merged [gate | up] rows",
             check=check_activation,
-            description="a gated MLP's silu(gate) * up from the merged [gate | up] rows",
         ),
     ]
