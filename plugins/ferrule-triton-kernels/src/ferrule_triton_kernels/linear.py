@@ -4,7 +4,8 @@
 once, ``KernelSpec.sorted_groups``; ``handles_input_perm = True``: at one row the programs
 gather ``x`` as they load it; from two rows on ``x`` is gathered once before the launch,
 because gathering it per K block made act-order layers 2-5x slower than in-order ones at
-M >= 16 on an H100; the up-front gather itself is not measured yet). Per call it looks up
+M >= 16 on an H100 with the untransposed tiles; the up-front gather's launch leaves them
+9-36% slower at M = 4 to 64, same card). Per call it looks up
 the launch configuration for the number of rows ``M``
 (:func:`~ferrule_triton_kernels.configs.configs_for`, memoized per ``M``) and runs the
 small-batch split-K program or the tiled GEMM. Bias is added by ``QuantLinear``.
@@ -14,7 +15,7 @@ in full precision, not TF32).
 
 Both programs compute the transposed product, ``out^T = W^T @ x^T`` per tile, so that the
 dequantized weight is the tensor cores' left operand (which Hopper's wgmma can read from
-registers; output columns fill its 64-row side) and ``x`` streams through shared memory. On
+registers, if the compiler keeps it there; output columns fill its 64-row side) and ``x`` streams through shared memory. On
 an H100 this took M = 16 from 0.9x to 1.91x of fp16 cuBLAS, M = 64 to 1.35x and M = 256 to
 1024 from 0.45-0.55x to 0.60-0.72x (:mod:`ferrule_triton_kernels.dequant` says more). The
 M = 1 program reduces without ``tl.dot``.
