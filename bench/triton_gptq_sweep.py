@@ -16,7 +16,7 @@ import itertools
 
 def candidates(m: int):
     """The configurations to time at ``m`` rows: around the transposed-tile experiment's best
-    (.devrun/swap_exp.py on an H100, 2026-11-27; see ``CONFIGS``)."""
+    (a first experiment on an H100, 2026-11-27; see ``CONFIGS``)."""
     from ferrule_triton_kernels.configs import TileConfig
 
     found = []

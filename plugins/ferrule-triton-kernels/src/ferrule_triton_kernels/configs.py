@@ -87,7 +87,7 @@ CONFIGS: dict[int, TileConfig] = {
     # M = 1 measured on an H100 (bench/triton_gptq_sweep.py, 2026-11-27): the best of the
     # sweep's candidates on 4096x14336 and 28672x8192.
     1: TileConfig("gemv", block_m=1, block_n=128, block_k=64, num_warps=4, num_stages=4),
-    # The rest from the swap experiment on an H100 (.devrun/swap_exp.py, 2026-11-27): the
+    # The rest from the first experiment with the transposed tile on an H100 (2026-11-27): the
     # transposed tile (tl.dot(W^T, x^T)), best on 4096x14336 and 28672x8192 at M = 16, 64,
     # 256, 1024 against fp16 cuBLAS: 1.91x at 16, 1.35x at 64, 0.62-0.72x at 256, 0.60-0.70x
     # at 1024. It tried split 1 and 4 only and 4 won: set here, since split_k = 0 would pick

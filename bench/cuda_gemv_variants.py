@@ -1,0 +1,86 @@
+"""Time builds of ``cuda-gptq-gemv`` with other compile-time constants, in one run on a GPU.
+
+    python bench/cuda_gemv_variants.py NAME=FLAG[,FLAG...] ...
+    python bench/cuda_gemv_variants.py u4=-DFERRULE_GEMV_UNITS=4 w4=-DFERRULE_GEMV_WARPS=4
+
+Each ``NAME=FLAGS`` builds the extension's sources with those extra nvcc flags (the
+``FERRULE_GEMV_*`` macros at the top of ``csrc/gptq_gemv.cu``) into its own folder; then for
+each Llama-3-8B-shaped layer and row count it prints the ratio to fp16 ``torch.matmul`` of
+``triton-gptq``, the installed build (``base``) and every variant, timed as ``ferrule bench
+kernels`` times (CUDA-graph replays rotating over weight copies larger than L2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+SHAPES = ((4096, 4096), (4096, 6144), (4096, 14336), (4096, 28672), (14336, 4096), (28672, 8192))
+
+
+def build(name: str, flags: list[str], folder: Path):
+    import torch
+    from torch.utils import cpp_extension
+
+    from ferrule_cuda_kernels import extension
+
+    capability = tuple(torch.cuda.get_device_capability())
+    folder.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name=f"ferrule_gemv_{name}",
+        sources=[str(extension.CSRC / source) for source in extension.SOURCES],
+        extra_cflags=list(extension.CXX_FLAGS),
+        extra_cuda_cflags=[*extension.NVCC_FLAGS, *extension.arch_flags(capability), *flags],
+        build_directory=str(folder),
+        verbose=False,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variants", nargs="*", metavar="NAME=FLAGS")
+    parser.add_argument("--rows", default="1,2,3", help="row counts M (1,2,3)")
+    args = parser.parse_args()
+
+    import torch
+
+    from ferrule.kernel_bench import _copies, _quant_layers, _w4_bytes, time_calls
+
+    root = Path(tempfile.mkdtemp(prefix="ferrule-gemv-variants-"))
+    modules = {"base": None}
+    for spec in args.variants:
+        name, _, flags = spec.partition("=")
+        modules[name] = build(name, flags.split(","), root / name)
+
+    def timed(layers, x):
+        with torch.no_grad():
+            for layer in layers:
+                layer(x)  # builds each layer's kernel
+        return time_calls([lambda layer=layer, x=x: layer(x) for layer in layers])
+
+    for k, n in SHAPES:
+        copies = _copies(_w4_bytes(k, n, 1))
+        gemv = _quant_layers(k, n, copies, desc_act=False, kernel="cuda-gptq-gemv")
+        triton = _quant_layers(k, n, copies, desc_act=False, kernel="triton-gptq")
+        weights = [torch.randn(k, n, device="cuda", dtype=torch.float16) for _ in range(2)]
+        for m in (int(v) for v in args.rows.split(",")):
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            base = time_calls([lambda w=w, x=x: torch.matmul(x, w) for w in weights])
+            line = [f"triton-gptq {base / timed(triton, x):.2f}x"]
+            timed(gemv, x)
+            installed = gemv[0]._kernel.module
+            for name, module in modules.items():
+                for layer in gemv:
+                    layer._kernel.module = module or installed
+                line.append(f"{name} {base / timed(gemv, x):.2f}x")
+            for layer in gemv:
+                layer._kernel.module = installed
+            print(f"{k}x{n} M={m} fp16 {base:.1f}us: " + " ".join(line), flush=True)
+        del gemv, triton
+        torch.cuda.empty_cache()
+    print(f"GPU: {torch.cuda.get_device_name()}")
+
+
+if __name__ == "__main__":
+    main()
