@@ -75,20 +75,24 @@ def find_thresholds(
     elif need_mass:
         mass[need_mass] = _row_masses(_take(z, need_mass)).double()
     while pending:
+        # One read back a round (which rows the candidates decided); the widths are the
+        # host's own numbers.
         index = torch.tensor(pending, device=device)
-        width = torch.tensor([widths[i] for i in pending], device=device)
-        values, ids = torch.topk(_take(z, pending), int(width.max()), dim=-1)
+        row_widths = [widths[i] for i in pending]
+        width = torch.tensor(row_widths, device=device)
+        values, ids = torch.topk(_take(z, pending), max(row_widths), dim=-1)
         valid = torch.arange(values.shape[1], device=device) < width.unsqueeze(1)
         thr, resolved, kept_count = _resolve(
             values, valid, [params[i] for i in pending], mass[index], vocab
         )
         thresholds[index] = thr
         complete = resolved & ((kept_count < width) | (width == vocab))
-        take = complete.nonzero().squeeze(1)
-        if take.numel():
+        res, comp = torch.stack([resolved, complete]).tolist()
+        done = [j for j, c in enumerate(comp) if c]
+        if done:
+            take = torch.tensor(done, device=device)
             kept = valid[take] & (values[take] >= thr[take].unsqueeze(1))
             groups.append(Candidates(index[take], values[take], ids[take], kept))
-        res, comp = resolved.tolist(), complete.tolist()
         full_rows += [i for i, r, c in zip(pending, res, comp, strict=True) if r and not c]
         pending = [i for i, r in zip(pending, res, strict=True) if not r]
         for i in pending:
