@@ -46,6 +46,17 @@ class KernelDispatch:
         self.spec = None
 
 
+class FusedModule(torch.nn.Module):
+    """A layer with a fused form: its ``fused`` :class:`KernelDispatch` chooses again once the
+    module is moved or cast (a kernel object may hold the layer's tensors as they were)."""
+
+    fused: KernelDispatch
+
+    def _apply(self, fn, *args, **kwargs):
+        self.fused.forget()
+        return super()._apply(fn, *args, **kwargs)
+
+
 def select_optional_kernel(kind: str, registry: Any, x: torch.Tensor, **request: Any) -> Any:
     """The best ``kind`` kernel for inputs like ``x`` (its device and dtype, plus the other
     ``KernelRequest`` fields given), or ``None`` when none accepts: the caller then computes

@@ -17,7 +17,7 @@ from torch import nn
 
 from ferrule_core.errors import ConfigError
 from ferrule_engine.layers.context import ModelContext
-from ferrule_engine.layers.fused import KernelDispatch
+from ferrule_engine.layers.fused import FusedModule, KernelDispatch
 from ferrule_engine.layers.linear import make_linear
 
 # Rows per pass through the MLP. Its intermediates are [rows, intermediate_size]; slices of
@@ -38,7 +38,7 @@ def activation(name: str) -> nn.Module:
     return ACT2FN[name]
 
 
-class GatedMLP(nn.Module):
+class GatedMLP(FusedModule):
     def __init__(
         self,
         hidden_size: int,
@@ -102,7 +102,3 @@ class GatedMLP(nn.Module):
             up = self.up_proj(x)
         hidden = hidden * up if torch.is_grad_enabled() else hidden.mul_(up)
         return self.down_proj(hidden)
-
-    def _apply(self, fn, *args, **kwargs):  # moved or cast: choose the kernel again
-        self.fused.forget()
-        return super()._apply(fn, *args, **kwargs)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ferrule_engine.layers.context import ModelContext
-from ferrule_engine.layers.fused import KernelDispatch
+from ferrule_engine.layers.fused import FusedModule, KernelDispatch
 
 
 def _place(ctx: ModelContext | None) -> dict:
@@ -22,7 +22,7 @@ def _place(ctx: ModelContext | None) -> dict:
     return {"dtype": ctx.dtype, "device": ctx.device}
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(FusedModule):
     """``weight * x / sqrt(mean(x**2) + eps)`` over the last dimension."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, *, ctx: ModelContext | None = None):
@@ -48,10 +48,6 @@ class RMSNorm(nn.Module):
         x32 = x.to(torch.float32)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
-
-    def _apply(self, fn, *args, **kwargs):  # moved or cast: choose the kernel again
-        self.fused.forget()
-        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"

@@ -22,10 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ferrule_core.errors import ConfigError
-from ferrule_engine.layers.fused import KernelDispatch
+from ferrule_engine.layers.fused import FusedModule, KernelDispatch
 
 REFUSED_ROPE_TYPES = {
     "dynamic": "dynamic NTK scaling recomputes frequencies from each call's longest position",
@@ -33,7 +32,7 @@ REFUSED_ROPE_TYPES = {
 }
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(FusedModule):
     """Applies RoPE to queries and keys of shape ``[T, H * head_dim]`` or ``[T, H, head_dim]``."""
 
     def __init__(
@@ -151,10 +150,6 @@ class RotaryEmbedding(nn.Module):
         if rest.shape[-1]:
             out = torch.cat((out, rest), dim=-1)
         return out.reshape(shape)
-
-    def _apply(self, fn, *args, **kwargs):  # moved or cast: choose the kernel again
-        self.fused.forget()
-        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
         style = "neox" if self.is_neox_style else "gptj"
