@@ -7,24 +7,36 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
-
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <vector>
 
-#include "bindings.h"
 #include "gptq_gemv.h"
 
 namespace {
 
-void check_tensor(const torch::Tensor& t, const char* name, const torch::Tensor& x,
-                  at::ScalarType dtype) {
-  ferrule_bindings::check_operand("cuda-gptq-gemv", t, name, x, dtype);
+// Multiprocessors of the current device, asked once per device.
+int multiprocessors() {
+  static std::array<int, 64> count{};
+  const int device = c10::cuda::current_device();
+  TORCH_CHECK(device < static_cast<int>(count.size()), "cuda-gptq-gemv: device index ", device);
+  if (count[device] == 0) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    count[device] = n;
+  }
+  return count[device];
 }
 
-}  // namespace
-
-namespace ferrule_bindings {
+void check_tensor(const torch::Tensor& t, const char* name, const torch::Tensor& x,
+                  at::ScalarType dtype) {
+  TORCH_CHECK(t.device() == x.device(), "cuda-gptq-gemv: ", name, " is on ", t.device(),
+              " but x is on ", x.device());
+  TORCH_CHECK(t.scalar_type() == dtype, "cuda-gptq-gemv: ", name, " must be ", dtype, ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "cuda-gptq-gemv: ", name, " must be contiguous");
+}
 
 // y [M, N] = x [M, K] @ W, W the GPTQ layer (rows sorted by group; `perm` gathers x).
 torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
@@ -119,4 +131,9 @@ std::vector<int64_t> gptq_gemv_plan(int64_t M, int64_t K, int64_t N, int64_t bit
   return {p.tile_rows, p.splits, p.units_per_split};
 }
 
-}  // namespace ferrule_bindings
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gptq_gemv", &gptq_gemv, "y = x @ W for a GPTQ 4/8-bit layer (cuda-gptq-gemv)");
+  m.def("gptq_gemv_plan", &gptq_gemv_plan, "(tile_rows, splits, units_per_split) for a shape");
+}
