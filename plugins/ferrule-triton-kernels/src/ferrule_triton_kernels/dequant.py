@@ -24,9 +24,10 @@ The products run transposed (:func:`dot_step_t`): ``out^T [N, M] = W^T [N, K] @ 
 the programs store as ``out[m, n] = acc[n, m]``. The dequantized weight is then the left
 operand. On Hopper ``wgmma`` can take A from registers (B must sit in shared memory), so the
 unpacked weight need not round-trip through shared memory while ``x``, loaded as stored,
-streams through it (whether Triton 3.6 does so here is not established); and wgmma's M side (64 rows per warpgroup) is filled by ``BLOCK_N``
-output columns instead of the few input rows, which only have to fill its N side (8 to 256;
-at M = 16 the untransposed tile padded the rows 4x). Measured on an H100 against fp16
+streams through it (whether Triton 3.6 does so here is not established); and wgmma's M side
+(64 rows per warpgroup) is filled by ``BLOCK_N`` output columns instead of the few input
+rows, which only have to fill its N side (8 to 256; at M = 16 the untransposed tile padded
+the rows 4x). Measured on an H100 against fp16
 cuBLAS (K x N 4096x14336 and 28672x8192, 2026-11-27): 1.91x at M = 16 (the untransposed
 small-batch program: 0.9x), 1.35x at M = 64, 0.62-0.72x at M = 256 and 0.60-0.70x at
 M = 1024 (the untransposed GEMM: 0.45-0.55x).
