@@ -26,9 +26,10 @@ class EngineConfig:
 
     On CUDA, decode steps of up to ``min(max_cudagraph_batch, max_num_seqs)`` sequences
     replay CUDA graphs captured at start (batch padded to the next captured size; 512 at most
-    by default, as vLLM); ``enforce_eager`` turns them off. ``load_format="dummy"`` fills the weights with random values instead of reading
-    them (the folder needs only ``config.json``, a tokenizer and, for GPTQ, its quantize
-    config): for speed measurements, as vLLM's option of that name.
+    by default, as vLLM); ``enforce_eager`` turns them off. ``load_format="dummy"`` fills the
+    weights with random values instead of reading them (the folder needs only
+    ``config.json``, a tokenizer and, for GPTQ, its quantize config): for speed
+    measurements, as vLLM's option of that name.
     """
 
     dtype: str = "auto"

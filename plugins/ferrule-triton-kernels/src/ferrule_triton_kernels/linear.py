@@ -15,10 +15,11 @@ in full precision, not TF32).
 
 Both programs compute the transposed product, ``out^T = W^T @ x^T`` per tile, so that the
 dequantized weight is the tensor cores' left operand (which Hopper's wgmma can read from
-registers, if the compiler keeps it there; output columns fill its 64-row side) and ``x`` streams through shared memory. On
-an H100 this took M = 16 from 0.9x to 1.91x of fp16 cuBLAS, M = 64 to 1.35x and M = 256 to
-1024 from 0.45-0.55x to 0.60-0.72x (:mod:`ferrule_triton_kernels.dequant` says more). The
-M = 1 program reduces without ``tl.dot``.
+registers, if the compiler keeps it there; output columns fill its 64-row side) and ``x``
+streams through shared memory. On an H100 this took M = 16 from 0.9x to 1.91x of fp16
+cuBLAS, M = 64 to 1.35x and M = 256 to 1024 from 0.45-0.55x to 0.60-0.72x
+(:mod:`ferrule_triton_kernels.dequant` says more). The M = 1 program reduces without
+``tl.dot``.
 
 Launches depend only on the input's shape, dtype and strides, never on values, so a call
 can be captured in a CUDA graph.
