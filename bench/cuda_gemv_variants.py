@@ -1,7 +1,7 @@
 """Time builds of ``cuda-gptq-gemv`` with other compile-time constants, in one run on a GPU.
 
     python bench/cuda_gemv_variants.py NAME=FLAG[,FLAG...] ...
-    python bench/cuda_gemv_variants.py u4=-DFERRULE_GEMV_UNITS=4 w4=-DFERRULE_GEMV_WARPS=4
+    python bench/cuda_gemv_variants.py s2=-DFERRULE_GEMV_STAGES=2,-DFERRULE_GEMV_MIN_BLOCKS=3
 
 Each ``NAME=FLAGS`` builds the extension's sources with those extra nvcc flags (the
 ``FERRULE_GEMV_*`` macros at the top of ``csrc/gptq_gemv.cu``) into its own folder; then for

@@ -143,6 +143,11 @@ CASES = [
     (2048, 256, 8, 64, False, False, (3,)),
     (1032, 136, 4, -1, False, True, (2,)),  # a partial unit of rows, a partial column tile
     (1024, 264, 4, 256, True, True, (17,)),  # three row tiles
+    # 8 tiles fill the 8 resident blocks, so K is not split and x is staged in several chunks
+    # (8192 / rows-per-tile rows each): 2 chunks of 1024 rows at 8 rows a tile, and 8192 + 256
+    # rows at one row.
+    (2048, 512, 4, 128, True, False, (9,)),
+    (8448, 1024, 4, 128, False, False, (1,)),
 ]
 
 
@@ -162,6 +167,10 @@ def test_split_k_and_row_tiles_are_planned(emulator):
     assert plan == (1, 4, 16)  # 8 resident blocks over 2 column tiles: K in 4 splits of 16 units
     _, plan = run(emulator, layer, torch.randn(17, 2048).half(), torch.float16)
     assert plan[0] == 8
+    # 8 column tiles fill the GPU: no split, so 264 units (8448 rows) are staged in 2 chunks
+    long = sorted_layer(8448, 1024, 4, 128, False, False)
+    _, plan = run(emulator, long, torch.randn(1, 8448).half(), torch.float16)
+    assert plan == (1, 1, 264)
 
 
 def test_strided_input_and_extreme_magnitudes(emulator):

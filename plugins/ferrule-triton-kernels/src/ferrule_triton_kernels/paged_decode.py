@@ -40,7 +40,12 @@ MAX_SPLITS = 32
 PROGRAMS_PER_SM = 2  # split until (S * Hkv * splits) reaches this many programs per SM
 
 
-@triton.jit(do_not_specialize=["stride_table"])  # the block table width varies by step
+# The block table's width varies by step, and the metadata are slices of staging buffers at
+# batch-dependent offsets: no variant per value or per pointer alignment.
+@triton.jit(
+    do_not_specialize=["stride_table"],
+    do_not_specialize_on_alignment=["seq_lens", "block_tables"],
+)
 def _decode_kernel(
     Q,
     K,

@@ -36,8 +36,13 @@ LOG2E = 1.4426950408889634
 
 
 # Batch-dependent integers are not specialized on (Triton would compile a variant for each
-# value that is 1 or a multiple of 16): one compile serves every step.
-@triton.jit(do_not_specialize=["num_seqs", "stride_table"])
+# value that is 1 or a multiple of 16), nor are the batch metadata's pointers, which are
+# slices of the engine's staging buffers at batch-dependent offsets (Triton would compile one
+# variant when they are 16-byte aligned and one when not): one compile serves every step.
+@triton.jit(
+    do_not_specialize=["num_seqs", "stride_table"],
+    do_not_specialize_on_alignment=["query_start", "seq_lens", "block_tables"],
+)
 def _prefill_kernel(
     Q,
     K,

@@ -7,14 +7,19 @@
 //
 // Work split. A block is 8 warps over one tile of 128 columns; the 32 lanes of a warp take 4
 // columns each. K is cut into units of 4 words (32 rows at 4 bits, 16 at 8 bits), each inside
-// one group, so a unit needs one scale and one zero per column. A block walks its share of
-// K in steps of 16 units: each warp takes 2 units (8 independent 16-byte loads in flight per
-// thread), the block stages the step's slice of x in shared memory (through `perm` for
-// act-order layers), and each warp multiplies its units by every row of x it holds.
+// one group, so a unit needs one scale and one zero per column. The block stages its share of
+// x in shared memory once (through `perm` for act-order layers; in chunks of 8192 / ROWS rows
+// when K is longer), and then each warp streams its own units, w, w + 8, w + 16, ..., with no
+// barrier until the chunk ends: it multiplies the unit it holds by every row of x and loads
+// its next one (4 independent 16-byte loads a thread). Latency is hidden by warps, not by
+// registers: at one row the kernel is held to 64 registers so that 4 blocks (32 warps) share a
+// multiprocessor, which beat 2 or 3 units held per warp with fewer warps on an H100 (M = 1:
+// 2.9-3.3x fp16 cuBLAS on 28672x8192 against 2.7-2.9x for the earlier block-synchronous
+// steps; no variant helped 4096x4096).
 // Splitting K over `splits` blocks (grid.y) keeps every multiprocessor busy for the narrow
-// layers of decode; their float32 partial sums go to a workspace and the last block of a
-// tile to finish (an atomic counter) adds them up and writes the output: no atomics on the
-// output, one launch.
+// layers of decode; each split is a whole number of units per warp. Their float32 partial
+// sums go to a workspace and the last block of a tile to finish (an atomic counter) adds them
+// up and writes the output: no atomics on the output, one launch.
 //
 // Dequantization without conversions. A code q at bit offset b < 16 of a word, masked in place
 // (w & (mask << b)), read as a float is the denormal q * 2^b * 2^-149, exactly. x is staged in
@@ -40,19 +45,28 @@ namespace {
 #ifndef FERRULE_GEMV_WARPS
 #define FERRULE_GEMV_WARPS 8
 #endif
-#ifndef FERRULE_GEMV_UNITS
-#define FERRULE_GEMV_UNITS 2
+#ifndef FERRULE_GEMV_STAGES
+#define FERRULE_GEMV_STAGES 1
+#endif
+#ifndef FERRULE_GEMV_MIN_BLOCKS2
+#define FERRULE_GEMV_MIN_BLOCKS2 0
+#endif
+#ifndef FERRULE_GEMV_BALANCE
+#define FERRULE_GEMV_BALANCE 1
 #endif
 #ifndef FERRULE_GEMV_MIN_BLOCKS
-#define FERRULE_GEMV_MIN_BLOCKS 3
+#define FERRULE_GEMV_MIN_BLOCKS 4
 #endif
 constexpr int kWarps = FERRULE_GEMV_WARPS;  // -D overrides are for tuning experiments
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32 * 4;        // columns of one block: 32 lanes x 4 columns
 constexpr int kUnitWords = 4;         // packed rows sharing one (scale, zero) load
-constexpr int kUnitsPerWarp = FERRULE_GEMV_UNITS;  // a warp's units per step: 4 loads each
-constexpr int kStepUnits = kWarps * kUnitsPerWarp;
+constexpr int kStages = FERRULE_GEMV_STAGES;  // units a warp holds in registers: 4 loads each
+constexpr int kStageLoads = 4;  // loads of x in flight per thread while staging a chunk
 constexpr int kMaxTileRows = 8;
+// Rows of K whose x is staged in shared memory at once: 32 KB of float32 whatever ROWS is.
+template <int ROWS>
+constexpr int kChunkRows = 8192 / ROWS;
 // A code q at bit b of a word, masked in place, is the denormal float q * 2^(b - 149); x is
 // staged as x * 2^(kXShift - b), so each product is x * q * 2^-64 (the 2^64 goes into the scale).
 constexpr int kXShift = 85;
@@ -79,7 +93,6 @@ struct Codes {
   static constexpr int kPerHalf = kPerWord / 2;  // codes in each 16-bit half of a word
   static constexpr uint32_t kMask = (1u << BITS) - 1u;
   static constexpr int kUnitK = kUnitWords * kPerWord;  // rows of K in one unit
-  static constexpr int kStepK = kStepUnits * kUnitK;    // rows of K in one step of a block
 };
 
 __device__ __forceinline__ uint32_t column_word(const int4& v, int c) {
@@ -89,18 +102,27 @@ __device__ __forceinline__ uint32_t column_word(const int4& v, int c) {
 // 2^e as a float, e in [-126, 127].
 __device__ __forceinline__ float exp2i(int e) { return __int_as_float((127 + e) << 23); }
 
-// One row of x (decode) fits 80 registers, so three blocks share a multiprocessor: 24 warps
-// and 96 KB of loads in flight. More rows keep the compiler's choice (0: no minimum).
+// One row of x (decode) fits 64 registers, so four blocks share a multiprocessor (32 warps).
+// More rows keep the compiler's choice (0: no minimum; 2 rows take 127 registers, 2 blocks).
 template <int ROWS>
-constexpr int kMinBlocks = ROWS == 1 ? FERRULE_GEMV_MIN_BLOCKS : 0;
+constexpr int kMinBlocks = ROWS == 1 ? FERRULE_GEMV_MIN_BLOCKS : ROWS == 2 ? FERRULE_GEMV_MIN_BLOCKS2 : 0;
+
+// The weight words, scales and zeros of one unit, held in registers from load to use.
+struct Unit {
+  int4 words[kUnitWords];
+  uint2 scales;  // 4 columns' scales, the activation dtype's bits
+  uint32_t zeros;  // the packed zero-point word, shifted to this thread's first column
+};
 
 template <typename T, int BITS, int ROWS>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(const Problem p) {
   using C = Codes<BITS>;
-  static_assert(C::kStepK <= kWarps * kTileN, "the x slice fits the reduction buffer");
-  // One buffer, used twice: the step's slice of x [ROWS][kStepK], then the per-warp partial
-  // sums [kWarps][ROWS][kTileN] for the block's reduction.
-  __shared__ __align__(16) float smem[ROWS * kWarps * kTileN];
+  constexpr int kChunkK = kChunkRows<ROWS>;
+  static_assert(kChunkK % C::kUnitK == 0, "a chunk is whole units");
+  static_assert(kChunkK >= kWarps * kTileN, "the chunk buffer holds the block's reduction");
+  // One buffer, used twice: a chunk of x [ROWS][kChunkK], then the per-warp partial sums
+  // [kWarps][ROWS][kTileN] for the block's reduction.
+  __shared__ __align__(16) float smem[ROWS * kChunkK];
   __shared__ bool last_block;
 
   const T* __restrict__ x = static_cast<const T*>(p.x);
@@ -120,7 +142,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   const int units = (words + kUnitWords - 1) / kUnitWords;
   const int unit_begin = blockIdx.y * p.units_per_split;
   const int unit_end = min(unit_begin + p.units_per_split, units);
-  const int k_end = min(unit_end * C::kUnitK, p.K);
   const uint32_t zero_words = N / C::kPerWord;  // qzeros row length
   const int zero_shift = BITS * (col % C::kPerWord);
   // Undoes the staging's pre-scaling of the x this lane reads for the unit sums of x.
@@ -131,6 +152,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   const uint2* __restrict__ scol = reinterpret_cast<const uint2*>(scales) + col / 4;
   const uint32_t* __restrict__ zcol = qzeros + col / C::kPerWord;
 
+  // Issues the loads of `unit` (zeros past `end` or past the last column).
+  auto fetch = [&](Unit& u, int unit, int end) {
+    const bool ok = col_ok && unit < end;
+    // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
+    const uint32_t first = static_cast<uint32_t>(unit) * kUnitWords * n4;
+#pragma unroll
+    for (int j = 0; j < kUnitWords; ++j) {
+      u.words[j] = (ok && unit * kUnitWords + j < words) ? __ldcs(wcol + first + j * n4)
+                                                         : make_int4(0, 0, 0, 0);
+    }
+    u.scales = make_uint2(0u, 0u);
+    u.zeros = 0u;
+    if (ok) {
+      const int k = unit * C::kUnitK;
+      const uint32_t group = p.group_shift >= 0 ? k >> p.group_shift : k / p.group_size;
+      u.scales = __ldg(scol + group * n4);
+      u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
+    }
+  };
+
   float acc[ROWS][4];
 #pragma unroll
   for (int m = 0; m < ROWS; ++m) {
@@ -138,115 +179,117 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     for (int c = 0; c < 4; ++c) acc[m][c] = 0.0f;
   }
 
-  for (int step = unit_begin; step < unit_end; step += kStepUnits) {
-    // 1. Issue this step's weight, scale and zero loads before waiting on anything.
-    int4 wq[kUnitsPerWarp][kUnitWords];
-    uint2 scale_bits[kUnitsPerWarp];
-    uint32_t zero_bits[kUnitsPerWarp];
+  // Adds one unit's products to acc: per column, 2^-64 * sum x * q over its rows (see the top
+  // of the file) and the sum of x over the same rows for the zero point, then scaled once.
+  // `xs` is the unit's first row in the staged chunk.
+  auto multiply = [&](const Unit& u, const float* xs) {
+    float xsum[ROWS];  // sum of x over the unit's rows, each row of x
 #pragma unroll
-    for (int s = 0; s < kUnitsPerWarp; ++s) {
-      const int unit = step + warp * kUnitsPerWarp + s;
-      const bool unit_ok = col_ok && unit < unit_end;
-      // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
-      const uint32_t first = static_cast<uint32_t>(unit) * kUnitWords * n4;
+    for (int m = 0; m < ROWS; ++m) {
+      float v = lane < C::kUnitK ? xs[m * kChunkK + lane] * x_unscale : 0.0f;
 #pragma unroll
-      for (int j = 0; j < kUnitWords; ++j) {
-        wq[s][j] = (unit_ok && unit * kUnitWords + j < words) ? __ldcs(wcol + first + j * n4)
-                                                                : make_int4(0, 0, 0, 0);
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      xsum[m] = v;
+    }
+    float part[ROWS][4];
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) part[m][c] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kUnitWords; ++j) {
+      float w[4][C::kPerWord];  // q * 2^(b - 149): the code left in place, a denormal
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const uint32_t low = column_word(u.words[j], c);
+        const uint32_t high = low >> 16;
+#pragma unroll
+        for (int i = 0; i < C::kPerWord; ++i) {
+          const int h = i % C::kPerHalf;
+          w[c][i] = __uint_as_float((i < C::kPerHalf ? low : high) & (C::kMask << (BITS * h)));
+        }
       }
-      scale_bits[s] = make_uint2(0u, 0u);
-      zero_bits[s] = 0u;
-      if (unit_ok) {
-        const int k = unit * C::kUnitK;
-        const uint32_t group = p.group_shift >= 0 ? k >> p.group_shift : k / p.group_size;
-        scale_bits[s] = __ldg(scol + group * n4);
-        zero_bits[s] = __ldg(zcol + group * zero_words) >> zero_shift;
+#pragma unroll
+      for (int m = 0; m < ROWS; ++m) {
+        float xv[C::kPerWord];
+#pragma unroll
+        for (int i = 0; i < C::kPerWord; i += 4) {
+          const float4 four = *reinterpret_cast<const float4*>(xs + m * kChunkK + j * C::kPerWord + i);
+          xv[i] = four.x;
+          xv[i + 1] = four.y;
+          xv[i + 2] = four.z;
+          xv[i + 3] = four.w;
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+#pragma unroll
+          for (int i = 0; i < C::kPerWord; ++i) part[m][c] = fmaf(xv[i], w[c][i], part[m][c]);
+        }
       }
     }
-
-    // 2. Stage x[rows][step's K slice] as float32, pre-scaled by 2^-(bit offset in its half).
-    __syncthreads();  // the previous step is done reading the slice
-    const int k0 = step * C::kUnitK;
-    for (int i = tid; i < ROWS * C::kStepK; i += kThreads) {
-      const int m = i / C::kStepK;
-      const int kk = i - m * C::kStepK;
-      const int k = k0 + kk;
-      float v = 0.0f;
-      if (m < rows && k < k_end) {
-        const int src = p.perm != nullptr ? __ldg(p.perm + k) : k;
-        const T value = x[(row0 + m) * p.x_stride_m + static_cast<int64_t>(src) * p.x_stride_k];
-        v = Io<T>::load(value) * exp2i(kXShift - BITS * (kk % C::kPerHalf));
+    // acc += s * (sum x q - z * sum x) = (s * 2^64) * part - (s * z) * xsum
+    const T* scale_t = reinterpret_cast<const T*>(&u.scales);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const float scale = Io<T>::load(scale_t[c]);
+      const float zero = static_cast<float>((u.zeros >> (BITS * c)) & C::kMask);
+      const float scale_up = scale * kTwoTo64;
+      const float scale_zero = scale * zero;
+#pragma unroll
+      for (int m = 0; m < ROWS; ++m) {
+        acc[m][c] = fmaf(part[m][c], scale_up, acc[m][c]);
+        acc[m][c] = fmaf(-scale_zero, xsum[m], acc[m][c]);
       }
-      smem[i] = v;
+    }
+  };
+
+  // The block's units in chunks of x that fit shared memory (one chunk unless K is long).
+  for (int chunk = unit_begin; chunk < unit_end; chunk += kChunkK / C::kUnitK) {
+    const int chunk_end = min(chunk + kChunkK / C::kUnitK, unit_end);
+    // 1. Start streaming this warp's first units before waiting on anything. Warp w takes
+    //    units chunk + w, chunk + w + kWarps, ...; each holds kStages of them in registers.
+    Unit held[kStages];
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) fetch(held[s], chunk + warp + s * kWarps, chunk_end);
+
+    // 2. Stage x[rows][chunk] as float32, pre-scaled by 2^-(bit offset in its half), with
+    //    kStageLoads loads in flight per thread.
+    __syncthreads();  // the previous chunk is done reading the buffer
+    const int chunk_k = (chunk_end - chunk) * C::kUnitK;
+    const int k0 = chunk * C::kUnitK;
+    const int total = rows * chunk_k;
+    for (int base = 0; base < total; base += kThreads * kStageLoads) {
+      float v[kStageLoads];
+#pragma unroll
+      for (int j = 0; j < kStageLoads; ++j) {
+        const int i = base + j * kThreads + tid;
+        const int m = i / chunk_k;
+        const int k = k0 + (i - m * chunk_k);
+        v[j] = 0.0f;
+        if (i < total && k < p.K) {
+          const int src = p.perm != nullptr ? __ldg(p.perm + k) : k;
+          v[j] = Io<T>::load(x[(row0 + m) * p.x_stride_m + static_cast<int64_t>(src) * p.x_stride_k]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kStageLoads; ++j) {
+        const int i = base + j * kThreads + tid;
+        const int m = i / chunk_k;
+        const int kk = i - m * chunk_k;
+        if (i < total) smem[m * kChunkK + kk] = v[j] * exp2i(kXShift - BITS * (kk % C::kPerHalf));
+      }
     }
     __syncthreads();
 
-    // 3. Multiply: per unit, 2^-64 * sum x * q over its rows (see the top of the file), the
-    // sum of x over the same rows for the zero point, then scale once.
+    // 3. Multiply each held unit, then refill its registers with the unit kStages further on:
+    //    no barrier until the chunk ends, so each warp streams at its own pace.
+    for (int unit = chunk + warp; unit < chunk_end; unit += kStages * kWarps) {
 #pragma unroll
-    for (int s = 0; s < kUnitsPerWarp; ++s) {
-      const int slot = warp * kUnitsPerWarp + s;
-      if (step + slot >= unit_end) continue;  // uniform across the warp
-      const float* xs = smem + slot * C::kUnitK;
-      float xsum[ROWS];  // sum of x over the unit's rows, each row of x
-#pragma unroll
-      for (int m = 0; m < ROWS; ++m) {
-        float v = lane < C::kUnitK ? xs[m * C::kStepK + lane] * x_unscale : 0.0f;
-#pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-        xsum[m] = v;
-      }
-      float part[ROWS][4];
-#pragma unroll
-      for (int m = 0; m < ROWS; ++m) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) part[m][c] = 0.0f;
-      }
-#pragma unroll
-      for (int j = 0; j < kUnitWords; ++j) {
-        float w[4][C::kPerWord];  // q * 2^(b - 149): the code left in place, a denormal
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const uint32_t low = column_word(wq[s][j], c);
-          const uint32_t high = low >> 16;
-#pragma unroll
-          for (int i = 0; i < C::kPerWord; ++i) {
-            const int h = i % C::kPerHalf;
-            w[c][i] = __uint_as_float((i < C::kPerHalf ? low : high) & (C::kMask << (BITS * h)));
-          }
-        }
-#pragma unroll
-        for (int m = 0; m < ROWS; ++m) {
-          float xv[C::kPerWord];
-#pragma unroll
-          for (int i = 0; i < C::kPerWord; i += 4) {
-            const float4 four =
-                *reinterpret_cast<const float4*>(xs + m * C::kStepK + j * C::kPerWord + i);
-            xv[i] = four.x;
-            xv[i + 1] = four.y;
-            xv[i + 2] = four.z;
-            xv[i + 3] = four.w;
-          }
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-#pragma unroll
-            for (int i = 0; i < C::kPerWord; ++i) part[m][c] = fmaf(xv[i], w[c][i], part[m][c]);
-          }
-        }
-      }
-      // acc += s * (sum x q - z * sum x) = (s * 2^64) * part - (s * z) * xsum
-      const T* scale_t = reinterpret_cast<const T*>(&scale_bits[s]);
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const float scale = Io<T>::load(scale_t[c]);
-        const float zero = static_cast<float>((zero_bits[s] >> (BITS * c)) & C::kMask);
-        const float scale_up = scale * kTwoTo64;
-        const float scale_zero = scale * zero;
-#pragma unroll
-        for (int m = 0; m < ROWS; ++m) {
-          acc[m][c] = fmaf(part[m][c], scale_up, acc[m][c]);
-          acc[m][c] = fmaf(-scale_zero, xsum[m], acc[m][c]);
-        }
+      for (int s = 0; s < kStages; ++s) {
+        const int mine = unit + s * kWarps;  // uniform across the warp
+        if (mine < chunk_end) multiply(held[s], smem + (mine - chunk) * C::kUnitK);
+        fetch(held[s], mine + kStages * kWarps, chunk_end);
       }
     }
   }
@@ -292,6 +335,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     if (m >= rows || n >= N) continue;
     const size_t at = static_cast<size_t>(row0 + m) * N + n;
     float sum = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < splits; ++s) sum += __ldcg(p.workspace + static_cast<size_t>(s) * p.M * N + at);
     out[at] = Io<T>::store(sum);
   }
@@ -364,6 +408,10 @@ void plan(Problem& p, int num_sms, int64_t counter_capacity) {
     splits = splits > 1 ? splits : 1;
   }
   p.units_per_split = static_cast<int>((units + splits - 1) / splits);
+#if FERRULE_GEMV_BALANCE
+  // A whole number of units for each warp: a block waits for its busiest warp.
+  if (splits > 1) p.units_per_split = (p.units_per_split + kWarps - 1) / kWarps * kWarps;
+#endif
   p.splits = (units + p.units_per_split - 1) / p.units_per_split;
   if (p.splits < 1) p.splits = 1;
 }
