@@ -66,12 +66,23 @@ inline float __uint_as_float(uint32_t u) {
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
+inline int __float_as_int(float f) {
+  int i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
 inline float __int_as_float(int i) {
   float f;
   std::memcpy(&f, &i, sizeof f);
   return f;
 }
 using std::min;
+// CUDA's headers have no host __hfma2: the exact a * b + c (a double holds it) rounded once.
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+  const float2 fa = __half22float2(a), fb = __half22float2(b), fc = __half22float2(c);
+  return __halves2half2(__double2half(static_cast<double>(fa.x) * fb.x + fc.x),
+                        __double2half(static_cast<double>(fa.y) * fb.y + fc.y));
+}
 
 // Replaces `kernel<<<grid, 256, 0, stream>>>(p)`.
 template <class Kernel, class Problem>
