@@ -182,3 +182,9 @@ def test_strided_input_and_extreme_magnitudes(emulator):
         x = (torch.randn(2, 256) * scale).to(torch.bfloat16)
         out, _ = run(emulator, layer, x, torch.bfloat16)
         assert relative_error(out, float64_reference(layer, x)) < TOLERANCE["bfloat16"]
+    # float16 takes the half2 path: its sums are scaled by 2^e from the largest |x|
+    for scale in (1e-3, 1e4):
+        x = (torch.randn(2, 256) * scale).clamp(-65000, 65000)
+        x[:, 3] = 60000.0 if scale > 1 else x[:, 3]
+        out, _ = run(emulator, layer, x.half(), torch.float16)
+        assert relative_error(out, float64_reference(layer, x.half())) < TOLERANCE["float16"]

@@ -82,6 +82,20 @@ def test_activations_of_large_magnitude():
         assert err < TOLERANCE["bfloat16"], f"x scale {scale}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("rows", [1, 2])
+def test_float16_sums_neither_overflow_nor_lose_small_inputs(rows):
+    """The half2 path forms float16 sums at a scale chosen from the largest |x| of each chunk."""
+    layer = make_layer(4096, 512, 4, 128, sym=False)
+    gen = torch.Generator().manual_seed(2)
+    for scale in (1e-3, 1.0, 1e4):
+        x = torch.randn(rows, 4096, generator=gen) * scale
+        x[:, 11] = 60000.0 if scale == 1e4 else x[:, 11]  # an outlier near float16's limit
+        x = x.clamp(-65000, 65000).half().cuda()
+        with torch.no_grad():
+            err = relative_error(layer(x), float64_reference(layer, x))
+        assert err < TOLERANCE["float16"], f"x scale {scale}: relative error {err:.2e}"
+
+
 def test_cuda_graph_replay():
     layer = make_layer(2048, 1024, 4, 128, desc_act=True)
     static = torch.randn(1, 2048, dtype=torch.float16, device="cuda")
