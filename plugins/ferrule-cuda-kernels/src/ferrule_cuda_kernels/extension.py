@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 NAME = "ferrule_cuda_gptq_gemv"
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("gptq_gemv.cpp", "gptq_gemv.cu", "gptq_mma.cu")
-HEADERS = ("gptq_gemv.h", "half2_codes.cuh")
+SOURCES = ("gptq_gemv.cpp", "gptq_gemv.cu")
+HEADERS = ("gptq_gemv.h",)
 # -ftz=false: the kernel multiplies denormal floats on purpose (see gptq_gemv.cu); a flag that
 # flushes them to zero (--use_fast_math) would zero every weight.
 NVCC_FLAGS = ("-O3", "-ftz=false")

@@ -62,14 +62,17 @@ class CudaGptqGemv:
         if x.dtype not in DTYPES:
             raise TypeError(f"cuda-gptq-gemv takes float16 or bfloat16 activations, got {x.dtype}")
         rows = x.reshape(-1, self.in_features)  # a view where it can be: the kernel takes strides
-        out = self._launch(rows, self._scales_in(x.dtype))
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-    def _launch(self, rows: Tensor, scales: Tensor) -> Tensor:
-        return self.module.gptq_gemv(
-            rows, self.perm, self.qweight, self.qzeros, scales, self.counters, self.bits,
+        out = self.module.gptq_gemv(
+            rows,
+            self.perm,
+            self.qweight,
+            self.qzeros,
+            self._scales_in(x.dtype),
+            self.counters,
+            self.bits,
             self.group_size,
-        )  # fmt: skip
+        )
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def input_weight(self) -> Tensor:
         """The float32 ``[K, N]`` weight in the original row order ``matmul`` takes."""

@@ -1,7 +1,6 @@
-// The torch binding of cuda-gptq-gemv and cuda-gptq-mma: checks the tensors, allocates the
-// output and the split-K workspace (through torch's caching allocator, so CUDA graphs capture
-// it), and launches on the current stream. The kernels are in gptq_gemv.cu and gptq_mma.cu;
-// both take the same Problem.
+// The torch binding of cuda-gptq-gemv: checks the tensors, allocates the output and the
+// split-K workspace (through torch's caching allocator, so CUDA graphs capture it), and
+// launches on the current stream. The kernels are in gptq_gemv.cu.
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -39,20 +38,16 @@ void check_tensor(const torch::Tensor& t, const char* name, const torch::Tensor&
   TORCH_CHECK(t.is_contiguous(), "cuda-gptq-gemv: ", name, " must be contiguous");
 }
 
-// y [M, N] = x [M, K] @ W, W the GPTQ layer (rows sorted by group; `perm` gathers x), by the
-// GEMV or (tensor_cores) the mma kernel.
-torch::Tensor run(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
-                  const torch::Tensor& qweight, const torch::Tensor& qzeros,
-                  const torch::Tensor& scales, const torch::Tensor& counters, int64_t bits,
-                  int64_t group_size, bool tensor_cores) {
+// y [M, N] = x [M, K] @ W, W the GPTQ layer (rows sorted by group; `perm` gathers x).
+torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
+                        const torch::Tensor& qweight, const torch::Tensor& qzeros,
+                        const torch::Tensor& scales, const torch::Tensor& counters,
+                        int64_t bits, int64_t group_size) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2, "cuda-gptq-gemv: x must be a 2-D CUDA tensor, got ",
               x.sizes(), " on ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
               "cuda-gptq-gemv: x must be float16 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK(bits == 4 || bits == 8, "cuda-gptq-gemv: bits must be 4 or 8, got ", bits);
-  TORCH_CHECK(!tensor_cores || (bits == 4 && x.scalar_type() == at::kHalf),
-              "cuda-gptq-mma: takes float16 x and 4-bit weights, got ", x.scalar_type(), " and ",
-              bits, "-bit");
   check_tensor(qweight, "qweight", x, at::kInt);
   check_tensor(qzeros, "qzeros", x, at::kInt);
   check_tensor(scales, "scales", x, x.scalar_type());
@@ -113,50 +108,26 @@ torch::Tensor run(const torch::Tensor& x, const std::optional<torch::Tensor>& pe
   p.group_size = static_cast<int>(group_size < K ? group_size : K);
   p.bits = static_cast<int>(bits);
   p.bf16 = x.scalar_type() == at::kBFloat16;
-  if (tensor_cores) {
-    ferrule_gemv::plan_mma(p, multiprocessors(), counters.numel());
-  } else {
-    ferrule_gemv::plan(p, multiprocessors(), counters.numel());
-  }
+  ferrule_gemv::plan(p, multiprocessors(), counters.numel());
   torch::Tensor workspace;
   if (p.splits > 1) {
     workspace = torch::empty({p.splits, M, N}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  C10_CUDA_CHECK(tensor_cores ? ferrule_gemv::launch_mma(p, stream) : ferrule_gemv::launch(p, stream));
+  C10_CUDA_CHECK(ferrule_gemv::launch(p, c10::cuda::getCurrentCUDAStream().stream()));
   return out;
-}
-
-torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
-                        const torch::Tensor& qweight, const torch::Tensor& qzeros,
-                        const torch::Tensor& scales, const torch::Tensor& counters,
-                        int64_t bits, int64_t group_size) {
-  return run(x, perm, qweight, qzeros, scales, counters, bits, group_size, false);
-}
-
-torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
-                       const torch::Tensor& qweight, const torch::Tensor& qzeros,
-                       const torch::Tensor& scales, const torch::Tensor& counters,
-                       int64_t group_size) {
-  return run(x, perm, qweight, qzeros, scales, counters, 4, group_size, true);
 }
 
 // (tile_rows, splits, units_per_split) that gptq_gemv would use: for tests and benchmarks.
 std::vector<int64_t> gptq_gemv_plan(int64_t M, int64_t K, int64_t N, int64_t bits,
-                                    int64_t counter_capacity, bool tensor_cores) {
+                                    int64_t counter_capacity) {
   ferrule_gemv::Problem p{};
   p.M = static_cast<int>(M);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(N);
   p.bits = static_cast<int>(bits);
   p.bf16 = false;
-  p.group_size = static_cast<int>(K);
-  if (tensor_cores) {
-    ferrule_gemv::plan_mma(p, multiprocessors(), counter_capacity);
-  } else {
-    ferrule_gemv::plan(p, multiprocessors(), counter_capacity);
-  }
+  ferrule_gemv::plan(p, multiprocessors(), counter_capacity);
   return {p.tile_rows, p.splits, p.units_per_split};
 }
 
@@ -164,8 +135,5 @@ std::vector<int64_t> gptq_gemv_plan(int64_t M, int64_t K, int64_t N, int64_t bit
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gptq_gemv", &gptq_gemv, "y = x @ W for a GPTQ 4/8-bit layer (cuda-gptq-gemv)");
-  m.def("gptq_mma", &gptq_mma, "y = x @ W for float16 x and a GPTQ 4-bit layer (cuda-gptq-mma)");
-  m.def("gptq_gemv_plan", &gptq_gemv_plan, "(tile_rows, splits, units_per_split) for a shape",
-        pybind11::arg("M"), pybind11::arg("K"), pybind11::arg("N"), pybind11::arg("bits"),
-        pybind11::arg("counter_capacity"), pybind11::arg("tensor_cores") = false);
+  m.def("gptq_gemv_plan", &gptq_gemv_plan, "(tile_rows, splits, units_per_split) for a shape");
 }

@@ -46,7 +46,6 @@
 // Accumulation is float32 throughout.
 
 #include "gptq_gemv.h"
-#include "half2_codes.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -116,6 +115,25 @@ struct Codes {
 
 __device__ __forceinline__ uint32_t column_word(const int4& v, int c) {
   return static_cast<uint32_t>(c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w);
+}
+
+__device__ __forceinline__ __half2 bits_half2(uint32_t bits) {
+  __half2 h;
+  static_assert(sizeof h == sizeof bits, "a half2 is 32 bits");
+  memcpy(&h, &bits, sizeof h);
+  return h;
+}
+
+// (a & mask) | bits in one LOP3 (the compiler splits it in two when both are immediates).
+template <uint32_t kMask, uint32_t kBits>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+#ifdef __CUDA_ARCH__
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(kMask), "n"(kBits));
+  return d;
+#else
+  return (a & kMask) | kBits;
+#endif
 }
 
 // 2^e as a float, e in [-126, 127].

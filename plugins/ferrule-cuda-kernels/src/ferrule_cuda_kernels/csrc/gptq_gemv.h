@@ -31,7 +31,7 @@ struct Problem {
   int bits;        // 4 or 8
   bool bf16;       // activations (and scales) are bfloat16, else float16
   // Filled by plan():
-  int tile_rows;        // rows of x one block serves: 1, 2, 4 or 8 (mma: 16, 32 or 64)
+  int tile_rows;        // rows of x one block serves: 1, 2, 4 or 8
   int splits;           // blocks sharing one output tile along K (split-K)
   int units_per_split;  // 4-word units of K each split reads
 };
@@ -46,10 +46,5 @@ void plan(Problem& p, int num_sms, int64_t counter_capacity);
 
 // Launch on `stream`; returns the launch's error (cudaSuccess when it was queued).
 cudaError_t launch(const Problem& p, cudaStream_t stream);
-
-// The tensor-core kernel (gptq_mma.cu): float16 x, 4-bit codes, groups of multiples of 32 rows.
-// plan_mma fills tile_rows (16, 32 or 64), splits and units_per_split as plan does.
-void plan_mma(Problem& p, int num_sms, int64_t counter_capacity);
-cudaError_t launch_mma(const Problem& p, cudaStream_t stream);
 
 }  // namespace ferrule_gemv
