@@ -312,7 +312,7 @@ def dot_step_t(
     K,
     N,
     stride_xm,
-    stride_xk,
+    stride_xk: tl.constexpr,
     BITS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,

@@ -42,7 +42,7 @@ def gptq_gemm_kernel(
     N,
     K,
     stride_xm,
-    stride_xk,
+    stride_xk: tl.constexpr,
     BITS: tl.constexpr,
     GROUP_SIZE: tl.constexpr,
     GROUP_MODE: tl.constexpr,
