@@ -78,7 +78,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32 * 4;        // columns of one block: 32 lanes x 4 columns
 constexpr int kUnitWords = 4;         // packed rows sharing one (scale, zero) load
 constexpr int kStages = FERRULE_GEMV_STAGES;  // units a warp holds in registers: 4 loads each
-constexpr int kStageLoads = 4;  // loads of x in flight per thread while staging a chunk
+constexpr int kStageOctets = 2;  // octets of x (8 rows of K) a thread stages at once
 constexpr int kMaxTileRows = 8;
 // Rows of K whose x is staged in shared memory at once: 32 KB of float32 whatever ROWS is.
 template <int ROWS>
@@ -134,6 +134,14 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
 #else
   return (a & kMask) | kBits;
 #endif
+}
+
+// Value r of 8 consecutive T packed in a uint4.
+template <typename T>
+__device__ __forceinline__ T octet_value(const uint4& v, int r) {
+  T out;
+  memcpy(&out, reinterpret_cast<const char*>(&v) + sizeof(T) * r, sizeof out);
+  return out;
 }
 
 // 2^e as a float, e in [-126, 127].
@@ -210,6 +218,31 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
       u.scales = __ldg(scol + group * n4);
       u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
     }
+  };
+
+  // x[row0 + m][k .. k + 7] (through perm), zeros past K, as 8 values of T in a uint4.
+  const bool vector_x = p.perm == nullptr && p.x_stride_k == 1 && p.x_stride_m % 8 == 0 &&
+                        reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const bool vector_perm = p.perm != nullptr && reinterpret_cast<uintptr_t>(p.perm) % 16 == 0;
+  auto load_octet = [&](int m, int k) {
+    const T* row = x + (row0 + m) * p.x_stride_m;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (vector_x && k + 8 <= p.K) return __ldg(reinterpret_cast<const uint4*>(row + k));
+    int src[8];
+    if (vector_perm && k + 8 <= p.K) {
+      const int4 a = __ldg(reinterpret_cast<const int4*>(p.perm + k));
+      const int4 b = __ldg(reinterpret_cast<const int4*>(p.perm + k + 4));
+      src[0] = a.x; src[1] = a.y; src[2] = a.z; src[3] = a.w;
+      src[4] = b.x; src[5] = b.y; src[6] = b.z; src[7] = b.w;
+    } else {
+#pragma unroll
+      for (int r = 0; r < 8; ++r) src[r] = k + r < p.K ? (p.perm != nullptr ? __ldg(p.perm + k + r) : k + r) : -1;
+    }
+    T h[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) h[r] = src[r] >= 0 ? row[static_cast<int64_t>(src[r]) * p.x_stride_k] : Io<T>::store(0.0f);
+    memcpy(&v, h, sizeof v);
+    return v;
   };
 
   float acc[ROWS][4];
@@ -345,40 +378,46 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
 #pragma unroll
     for (int s = 0; s < kStages; ++s) fetch(held[s], chunk + warp + s * kWarps, chunk_end);
 
-    // 2. Stage x[rows][chunk], with kStageLoads loads in flight per thread: as float32
-    //    pre-scaled by 2^-(bit offset in its half), or for the half2 path as float16 in the
-    //    order the codes are unpacked (pairs (k + i, k + i + 4) of each word's 8 rows), noting
-    //    the largest |x|.
+    // 2. Stage x[rows][chunk] in octets (8 rows of K of one row of x: one 16-byte load where
+    //    x is contiguous, or 8 gathers through `perm` after two 16-byte loads of it), as
+    //    float32 pre-scaled by 2^-(bit offset in its half), or for the half2 path as float16
+    //    in the order the codes are unpacked (pairs (k + i, k + i + 4) of each word's 8
+    //    rows), noting the largest |x|.
     __syncthreads();  // the previous chunk is done reading the buffer
-    const int chunk_k = (chunk_end - chunk) * C::kUnitK;
     const int k0 = chunk * C::kUnitK;
-    const int total = rows * chunk_k;
+    const int octets = (chunk_end - chunk) * C::kUnitK / 8;  // a unit is 16 or 32 rows
+    const int total = rows * octets;
     float largest = 0.0f;
-    for (int base = 0; base < total; base += kThreads * kStageLoads) {
-      T raw[kStageLoads];
+    for (int base = 0; base < total; base += kThreads * kStageOctets) {
+      uint4 raw[kStageOctets];  // 8 values of T
 #pragma unroll
-      for (int j = 0; j < kStageLoads; ++j) {
+      for (int j = 0; j < kStageOctets; ++j) {
         const int i = base + j * kThreads + tid;
-        const int m = i / chunk_k;
-        const int k = k0 + (i - m * chunk_k);
-        raw[j] = Io<T>::store(0.0f);
-        if (i < total && k < p.K) {
-          const int src = p.perm != nullptr ? __ldg(p.perm + k) : k;
-          raw[j] = x[(row0 + m) * p.x_stride_m + static_cast<int64_t>(src) * p.x_stride_k];
-        }
+        const int m = i / octets;
+        raw[j] = i < total ? load_octet(m, k0 + 8 * (i - m * octets)) : make_uint4(0u, 0u, 0u, 0u);
       }
 #pragma unroll
-      for (int j = 0; j < kStageLoads; ++j) {
+      for (int j = 0; j < kStageOctets; ++j) {
         const int i = base + j * kThreads + tid;
-        const int m = i / chunk_k;
-        const int kk = i - m * chunk_k;
         if (i >= total) continue;
+        const int m = i / octets;
+        const int o = i - m * octets;
+        const uint4 v = raw[j];
         if constexpr (kHalf2) {
-          __half* xh = reinterpret_cast<__half*>(smem) + m * kChunkK;
-          xh[(kk / 8 * 4 + kk % 4) * 2 + kk % 8 / 4] = raw[j];
-          largest = fmaxf(largest, fabsf(Io<T>::load(raw[j])));
+          // (x0 x1)(x2 x3)(x4 x5)(x6 x7) -> (x0 x4)(x1 x5)(x2 x6)(x3 x7)
+          const uint4 pairs = make_uint4((v.x & 0xFFFFu) | (v.z << 16), (v.x >> 16) | (v.z & 0xFFFF0000u),
+                                         (v.y & 0xFFFFu) | (v.w << 16), (v.y >> 16) | (v.w & 0xFFFF0000u));
+          *reinterpret_cast<uint4*>(reinterpret_cast<__half*>(smem) + m * kChunkK + 8 * o) = pairs;
+#pragma unroll
+          for (int r = 0; r < 8; ++r) largest = fmaxf(largest, fabsf(Io<T>::load(octet_value<T>(v, r))));
         } else {
-          smem[m * kChunkK + kk] = Io<T>::load(raw[j]) * exp2i(kXShift - BITS * (kk % C::kPerHalf));
+          float f[8];
+#pragma unroll
+          for (int r = 0; r < 8; ++r)
+            f[r] = Io<T>::load(octet_value<T>(v, r)) * exp2i(kXShift - BITS * (r % C::kPerHalf));
+          float4* dst = reinterpret_cast<float4*>(smem + m * kChunkK + 8 * o);
+          dst[0] = make_float4(f[0], f[1], f[2], f[3]);
+          dst[1] = make_float4(f[4], f[5], f[6], f[7]);
         }
       }
     }
