@@ -12,10 +12,10 @@
 // when K is longer), and then each warp streams its own units, w, w + 8, w + 16, ..., with no
 // barrier until the chunk ends: it multiplies the unit it holds by every row of x and loads
 // its next one (4 independent 16-byte loads a thread). Latency is hidden by warps, not by
-// registers: at one row the kernel is held to 64 registers so that 4 blocks (32 warps) share a
-// multiprocessor, which beat 2 or 3 units held per warp with fewer warps on an H100 (M = 1:
-// 2.9-3.3x fp16 cuBLAS on 28672x8192 against 2.7-2.9x for the earlier block-synchronous
-// steps; no variant helped 4096x4096).
+// registers: at one row the kernel is held to 80 registers so that 3 blocks (24 warps) share a
+// multiprocessor; on an H100 that beat 2 units held per warp, and 4 blocks at 64 registers
+// (M = 1 after the octet staging: 1.82x fp16 cuBLAS on 4096x4096 against 1.58x, 3.00x against
+// 2.94x on 4096x14336, 3.53x against 3.61x on 28672x8192).
 // Splitting K over `splits` blocks (grid.y) keeps every multiprocessor busy for the narrow
 // layers of decode; each split is a whole number of units per warp. Their float32 partial
 // sums go to a workspace and the last block of a tile to finish (an atomic counter) adds them
@@ -71,7 +71,7 @@ namespace {
 #define FERRULE_GEMV_BALANCE 1
 #endif
 #ifndef FERRULE_GEMV_MIN_BLOCKS
-#define FERRULE_GEMV_MIN_BLOCKS 4
+#define FERRULE_GEMV_MIN_BLOCKS 3
 #endif
 constexpr int kWarps = FERRULE_GEMV_WARPS;  // -D overrides are for tuning experiments
 constexpr int kThreads = kWarps * 32;
@@ -147,7 +147,7 @@ __device__ __forceinline__ T octet_value(const uint4& v, int r) {
 // 2^e as a float, e in [-126, 127].
 __device__ __forceinline__ float exp2i(int e) { return __int_as_float((127 + e) << 23); }
 
-// One row of x (decode) fits 64 registers, so four blocks share a multiprocessor (32 warps).
+// One row of x (decode) fits 80 registers, so three blocks share a multiprocessor (24 warps).
 // More rows keep the compiler's choice (0: no minimum; 2 rows take 127 registers, 2 blocks).
 template <int ROWS>
 constexpr int kMinBlocks = ROWS == 1 ? FERRULE_GEMV_MIN_BLOCKS : ROWS == 2 ? FERRULE_GEMV_MIN_BLOCKS2 : 0;
