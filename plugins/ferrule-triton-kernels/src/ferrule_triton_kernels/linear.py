@@ -42,6 +42,7 @@ from ferrule_triton_kernels.configs import (
     configs_for,
     smaller,
 )
+from ferrule_triton_kernels.gather import gather_columns
 from ferrule_triton_kernels.gptq_gemm import gemm, gptq_gemm_kernel
 from ferrule_triton_kernels.gptq_gemv import gemv, gptq_gemv_kernel
 from ferrule_triton_kernels.operands import GptqOperands
@@ -116,7 +117,7 @@ class TritonGptqLinear:
         if ops.perm is not None and rows.shape[0] >= GATHER_ONCE_ROWS:
             # Gathering x per K block inside the tile loop cost act-order layers 2-5x at
             # M >= 16 (H100, bench kernels); one gather up front is one small launch.
-            rows = rows.index_select(1, ops.perm)
+            rows = gather_columns(rows, ops.perm)
             operands = self._in_order
         out = self._run(rows, self.config(rows.shape[0]), operands)
         return out.reshape(*x.shape[:-1], ops.out_features)
