@@ -2,10 +2,12 @@
 
 ``forward(x)`` computes ``x[..., input_perm] @ W`` (the layer's rows are sorted by group
 once, ``KernelSpec.sorted_groups``; ``handles_input_perm = True``: at one row the programs
-gather ``x`` as they load it; from two rows on ``x`` is gathered once before the launch,
-because gathering it per K block made act-order layers 2-5x slower than in-order ones at
-M >= 16 on an H100 with the untransposed tiles; the up-front gather's launch leaves them
-9-36% slower at M = 4 to 64, same card). Per call it looks up
+gather ``x`` as they load it; from two rows on ``x`` is gathered once before the launch
+(:func:`~ferrule_triton_kernels.gather.gather_columns`), because gathering it per K block
+keeps Triton from pipelining the loads of ``x``: 1.1-13x slower than in-order layers at
+M = 2 to 256 with the transposed tiles, H100, 2026-11-27. The up-front gather takes 1.8-2.9 us
+at M = 4-16 (``index_select`` 4.9-5.4 us) and leaves act-order layers 3-15% slower at M = 4
+to 64, same card). Per call it looks up
 the launch configuration for the number of rows ``M``
 (:func:`~ferrule_triton_kernels.configs.configs_for`, memoized per ``M``) and runs the
 small-batch split-K program or the tiled GEMM. Bias is added by ``QuantLinear``.
@@ -115,8 +117,8 @@ class TritonGptqLinear:
             return x.new_empty(*x.shape[:-1], ops.out_features)
         operands = ops
         if ops.perm is not None and rows.shape[0] >= GATHER_ONCE_ROWS:
-            # Gathering x per K block inside the tile loop cost act-order layers 2-5x at
-            # M >= 16 (H100, bench kernels); one gather up front is one small launch.
+            # Gathering x per K block inside the tile loop cost act-order layers 1.1-13x
+            # (H100, 2026-11-27); one gather up front is one small launch.
             rows = gather_columns(rows, ops.perm)
             operands = self._in_order
         out = self._run(rows, self.config(rows.shape[0]), operands)
