@@ -11,7 +11,7 @@ run() {
     echo "$name (exit $?): $(tail -1 "$out/$name.log" | cut -c1-200)"
 }
 run engine -m gpu integration_tests/test_engine_cuda.py packages/ferrule-engine/tests/test_staging_and_graph_sizes.py
-run fused plugins/ferrule-triton-kernels/tests/test_fused_interpreter.py plugins/ferrule-triton-kernels/tests/test_fused_act_interpreter.py plugins/ferrule-triton-kernels/tests/test_fused_act_gpu.py
+run fused plugins/ferrule-triton-kernels/tests/test_gather_interpreter.py plugins/ferrule-triton-kernels/tests/test_fused_interpreter.py plugins/ferrule-triton-kernels/tests/test_fused_act_interpreter.py plugins/ferrule-triton-kernels/tests/test_fused_act_gpu.py
 run attention -m gpu plugins/ferrule-triton-kernels/tests/test_paged_attention_gpu.py
 run cuda -m gpu plugins/ferrule-cuda-kernels/tests
 run gptq -m gpu plugins/ferrule-triton-kernels/tests/test_gptq_gpu.py

@@ -16,17 +16,26 @@
 
 namespace {
 
-// Multiprocessors of the current device, asked once per device.
+// An attribute of the current device, asked once per device.
+int device_attribute(cudaDeviceAttr attribute, std::array<int, 64>& cache) {
+  const int device = c10::cuda::current_device();
+  TORCH_CHECK(device < static_cast<int>(cache.size()), "cuda-gptq-gemv: device index ", device);
+  if (cache[device] == 0) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, attribute, device));
+    cache[device] = n;
+  }
+  return cache[device];
+}
+
 int multiprocessors() {
   static std::array<int, 64> count{};
-  const int device = c10::cuda::current_device();
-  TORCH_CHECK(device < static_cast<int>(count.size()), "cuda-gptq-gemv: device index ", device);
-  if (count[device] == 0) {
-    int n = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    count[device] = n;
-  }
-  return count[device];
+  return device_attribute(cudaDevAttrMultiProcessorCount, count);
+}
+
+int capability_major() {
+  static std::array<int, 64> major{};
+  return device_attribute(cudaDevAttrComputeCapabilityMajor, major);
 }
 
 void check_tensor(const torch::Tensor& t, const char* name, const torch::Tensor& x,
@@ -108,6 +117,7 @@ torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tenso
   p.group_size = static_cast<int>(group_size < K ? group_size : K);
   p.bits = static_cast<int>(bits);
   p.bf16 = x.scalar_type() == at::kBFloat16;
+  p.pdl = capability_major() >= 9;
   ferrule_gemv::plan(p, multiprocessors(), counters.numel());
   torch::Tensor workspace;
   if (p.splits > 1) {

@@ -67,6 +67,9 @@ namespace {
 #ifndef FERRULE_GEMV_MIN_BLOCKS2
 #define FERRULE_GEMV_MIN_BLOCKS2 0
 #endif
+#ifndef FERRULE_GEMV_PDL
+#define FERRULE_GEMV_PDL 1
+#endif
 #ifndef FERRULE_GEMV_BALANCE
 #define FERRULE_GEMV_BALANCE 1
 #endif
@@ -133,6 +136,22 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
   return d;
 #else
   return (a & kMask) | kBits;
+#endif
+}
+
+// Programmatic dependent launch (sm_90+, launched with p.pdl): a block may start while the
+// previous kernel on the stream finishes, loads the weight (which no kernel writes), and waits
+// here before it reads x or writes anything; it lets the next kernel start once its own main
+// loop is done. Elsewhere both are no-ops.
+__device__ __forceinline__ void wait_for_inputs() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void release_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
@@ -383,7 +402,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     //    float32 pre-scaled by 2^-(bit offset in its half), or for the half2 path as float16
     //    in the order the codes are unpacked (pairs (k + i, k + i + 4) of each word's 8
     //    rows), noting the largest |x|.
-    __syncthreads();  // the previous chunk is done reading the buffer
+    wait_for_inputs();  // x (and the output's memory) may be the previous kernel's
+    __syncthreads();    // the previous chunk is done reading the buffer
     const int k0 = chunk * C::kUnitK;
     const int octets = (chunk_end - chunk) * C::kUnitK / 8;  // a unit is 16 or 32 rows
     const int total = rows * octets;
@@ -456,6 +476,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     }
   }
 
+  release_dependents();  // the next kernel may start loading its weights
   // Reduce the 8 warps' sums of each column in shared memory.
   __syncthreads();
 #pragma unroll
@@ -523,6 +544,20 @@ struct Kernel {
   static int occupancy() { return resident_blocks_per_sm<T, BITS, ROWS>(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kTileN - 1) / kTileN, p.splits, (p.M + ROWS - 1) / ROWS);
+#if FERRULE_GEMV_PDL && !defined(FERRULE_GEMV_EMULATED)
+    if (p.pdl) {
+      cudaLaunchConfig_t config = {};
+      config.gridDim = grid;
+      config.blockDim = dim3(kThreads);
+      config.stream = stream;
+      cudaLaunchAttribute attribute[1];
+      attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attribute[0].val.programmaticStreamSerializationAllowed = 1;
+      config.attrs = attribute;
+      config.numAttrs = 1;
+      return cudaLaunchKernelEx(&config, gptq_gemv_kernel<T, BITS, ROWS>, p);
+    }
+#endif
     gptq_gemv_kernel<T, BITS, ROWS><<<grid, kThreads, 0, stream>>>(p);
     return cudaGetLastError();
   }

@@ -30,6 +30,7 @@ struct Problem {
   int group_shift;  // filled by plan(): log2(group_size) for a power of two, else -1
   int bits;        // 4 or 8
   bool bf16;       // activations (and scales) are bfloat16, else float16
+  bool pdl;        // launch with programmatic dependent launch (sm_90 and later)
   // Filled by plan():
   int tile_rows;        // rows of x one block serves: 1, 2, 4 or 8
   int splits;           // blocks sharing one output tile along K (split-K)
