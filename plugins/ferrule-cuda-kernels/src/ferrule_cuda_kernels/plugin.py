@@ -78,7 +78,8 @@ def ferrule_register_kernels():
             description=(
                 "CUDA C++ GEMV on GPTQ's own layout, preferred for 1-2 rows (any batch, in "
                 "passes of 8): "
-                "16-byte weight loads, split-K, float32 accumulation; group sizes that are "
+                "16-byte weight loads, split-K, float32 accumulation (half2 products for float16 "
+                "x at 4 bits), programmatic dependent launch on sm_90+; group sizes that are "
                 "multiples of 32 (4-bit) or 16 (8-bit), or -1; compiled on first use (nvcc)"
             ),
         ),
