@@ -7,7 +7,7 @@
 // host implementations, and x86 floats keep denormals, as the kernel (built -ftz=false) does.
 #pragma once
 
-#define FERRULE_GEMV_EMULATED 1  // plain launches: no programmatic dependent launch
+#define FERRULE_GEMV_PDL 0  // plain launches: no programmatic dependent launch
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -64,14 +64,8 @@ namespace {
 #ifndef FERRULE_GEMV_STAGES
 #define FERRULE_GEMV_STAGES 1
 #endif
-#ifndef FERRULE_GEMV_MIN_BLOCKS2
-#define FERRULE_GEMV_MIN_BLOCKS2 0
-#endif
 #ifndef FERRULE_GEMV_PDL
 #define FERRULE_GEMV_PDL 1
-#endif
-#ifndef FERRULE_GEMV_BALANCE
-#define FERRULE_GEMV_BALANCE 1
 #endif
 #ifndef FERRULE_GEMV_MIN_BLOCKS
 #define FERRULE_GEMV_MIN_BLOCKS 3
@@ -169,7 +163,7 @@ __device__ __forceinline__ float exp2i(int e) { return __int_as_float((127 + e) 
 // One row of x (decode) fits 80 registers, so three blocks share a multiprocessor (24 warps).
 // More rows keep the compiler's choice (0: no minimum; 2 rows take 127 registers, 2 blocks).
 template <int ROWS>
-constexpr int kMinBlocks = ROWS == 1 ? FERRULE_GEMV_MIN_BLOCKS : ROWS == 2 ? FERRULE_GEMV_MIN_BLOCKS2 : 0;
+constexpr int kMinBlocks = ROWS == 1 ? FERRULE_GEMV_MIN_BLOCKS : 0;
 
 // The weight words, scales and zeros of one unit, held in registers from load to use.
 struct Unit {
@@ -245,7 +239,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   const bool vector_perm = p.perm != nullptr && reinterpret_cast<uintptr_t>(p.perm) % 16 == 0;
   auto load_octet = [&](int m, int k) {
     const T* row = x + (row0 + m) * p.x_stride_m;
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
     if (vector_x && k + 8 <= p.K) return __ldg(reinterpret_cast<const uint4*>(row + k));
     int src[8];
     if (vector_perm && k + 8 <= p.K) {
@@ -260,6 +253,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     T h[8];
 #pragma unroll
     for (int r = 0; r < 8; ++r) h[r] = src[r] >= 0 ? row[static_cast<int64_t>(src[r]) * p.x_stride_k] : Io<T>::store(0.0f);
+    uint4 v;
     memcpy(&v, h, sizeof v);
     return v;
   };
@@ -544,7 +538,7 @@ struct Kernel {
   static int occupancy() { return resident_blocks_per_sm<T, BITS, ROWS>(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kTileN - 1) / kTileN, p.splits, (p.M + ROWS - 1) / ROWS);
-#if FERRULE_GEMV_PDL && !defined(FERRULE_GEMV_EMULATED)
+#if FERRULE_GEMV_PDL
     if (p.pdl) {
       cudaLaunchConfig_t config = {};
       config.gridDim = grid;
@@ -605,10 +599,8 @@ void plan(Problem& p, int num_sms, int64_t counter_capacity) {
     splits = splits > 1 ? splits : 1;
   }
   p.units_per_split = static_cast<int>((units + splits - 1) / splits);
-#if FERRULE_GEMV_BALANCE
   // A whole number of units for each warp: a block waits for its busiest warp.
   if (splits > 1) p.units_per_split = (p.units_per_split + kWarps - 1) / kWarps * kWarps;
-#endif
   p.splits = (units + p.units_per_split - 1) / p.units_per_split;
   if (p.splits < 1) p.splits = 1;
 }
