@@ -115,7 +115,7 @@ def test_a_failed_build_is_remembered_as_the_reason(
     assert reason is not None and 'expected a ";"' in reason
     assert extension.build_problem((9, 0)) == reason
     assert len(calls) == 1, "a failed build is not retried in the same process"
-    with pytest.raises(RuntimeError, match="cuda-gptq-gemv building its CUDA extension failed"):
+    with pytest.raises(RuntimeError, match="cuda-gptq-mma building its CUDA extension failed"):
         extension.load((9, 0))
     (kwargs,) = calls
     assert kwargs["name"] == extension.NAME

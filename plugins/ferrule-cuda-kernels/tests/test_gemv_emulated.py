@@ -1,18 +1,14 @@
 """cuda-gptq-gemv's CUDA source, run on the CPU against the float64 oracle.
 
-``emulation/cuda_host_shim.h`` lets a host C++ compiler build ``gptq_gemv.cu`` unchanged except
-for its launch statement: each block's 256 threads run as threads with real barriers and warp
-shuffles, so the kernel's indexing, staging, dequantization arithmetic, split-K reduction and
-counter reset are all exercised. It needs a C++20 compiler and the CUDA headers (no GPU); where
-either is missing the tests skip. The GPU tests (``test_gemv_gpu.py``) run the same cases on
+``emulation/cuda_host_shim.h`` lets a host C++ compiler build ``gptq_gemv.cu`` unchanged (the
+``emulator`` fixture of ``conftest.py``): each block's 256 threads run as threads with real
+barriers and warp shuffles, so the kernel's indexing, staging, dequantization arithmetic,
+split-K reduction and counter reset are all exercised. It needs a C++20 compiler and the CUDA
+headers (no GPU); where either is missing the tests skip. The GPU tests (``test_gemv_gpu.py``) run the same cases on
 hardware.
 """
 
 import ctypes
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,76 +20,8 @@ from ferrule_core.testing.kernels import (
     random_gptq_tensors,
     relative_error,
 )
-from ferrule_cuda_kernels import extension
 
-SHIM = Path(__file__).with_name("emulation") / "cuda_host_shim.h"
-LAUNCH = "gptq_gemv_kernel<T, BITS, ROWS><<<grid, kThreads, 0, stream>>>(p);"
-EMULATED_LAUNCH = "(void)stream; emulate_launch(gptq_gemv_kernel<T, BITS, ROWS>, grid, p);"
-ENTRY = """
-extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
-                             const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
-                             const void* scales, void* out, float* workspace, int32_t* counters,
-                             int M, int K, int N, int group_size, int bits, int bf16,
-                             int num_sms, int64_t capacity, int* plan) {
-  ferrule_gemv::Problem p{};
-  p.x = x; p.x_stride_m = stride_m; p.x_stride_k = stride_k; p.perm = perm;
-  p.qweight = qweight; p.qzeros = qzeros; p.scales = scales; p.out = out;
-  p.workspace = workspace; p.counters = counters;
-  p.M = M; p.K = K; p.N = N; p.group_size = group_size; p.bits = bits; p.bf16 = bf16 != 0;
-  ferrule_gemv::plan(p, num_sms, capacity);
-  plan[0] = p.tile_rows; plan[1] = p.splits; plan[2] = p.units_per_split;
-  return workspace == nullptr ? 0 : static_cast<int>(ferrule_gemv::launch(p, nullptr));
-}
-"""
 NUM_SMS = 4  # with 2 resident blocks each: small layers already split K
-
-
-def cuda_include() -> Path | None:
-    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        homes.append(str(Path(nvcc).resolve().parent.parent))
-    for home in filter(None, homes):
-        include = Path(home) / "include"
-        if (include / "cuda_runtime.h").exists() and (include / "cuda_fp16.h").exists():
-            return include
-    return None
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    include = cuda_include()
-    if compiler is None or include is None:
-        pytest.skip("needs a C++ compiler and the CUDA headers")
-    source = (extension.CSRC / "gptq_gemv.cu").read_text()
-    assert LAUNCH in source, "the kernel's launch statement changed; update this test"
-    folder = tmp_path_factory.mktemp("emulated_gemv")
-    unit = folder / "gemv_emulated.cpp"
-    unit.write_text(f'#include "{SHIM}"\n' + source.replace(LAUNCH, EMULATED_LAUNCH) + ENTRY)
-    library = folder / "libgemv_emulated.so"
-    done = subprocess.run(
-        [
-            compiler,
-            "-std=c++20",
-            "-O1",
-            "-shared",
-            "-fPIC",
-            "-pthread",
-            f"-I{include}",
-            f"-I{extension.CSRC}",
-            str(unit),
-            "-o",
-            str(library),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    lib = ctypes.CDLL(str(library))
-    p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    lib.emulated_gemv.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 7 + [i64, p]
-    return lib
 
 
 def run(lib, layer: QuantLinear, x: torch.Tensor, dtype: torch.dtype):

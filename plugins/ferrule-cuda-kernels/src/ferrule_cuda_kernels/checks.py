@@ -43,6 +43,11 @@ def check_gemv(request: KernelRequest) -> str | None:
     return extension.build_problem(_capability(request))
 
 
+def check_mma(request: KernelRequest) -> str | None:
+    """``cuda-gptq-mma``: the GEMV's group sizes at 4 bits, then the shared extension."""
+    return check_gemv(request)
+
+
 def int4_group_problem(request: KernelRequest) -> str | None:
     """Why torch's int4 op cannot serve ``request``'s group layout, or ``None``."""
     if not request.in_features:

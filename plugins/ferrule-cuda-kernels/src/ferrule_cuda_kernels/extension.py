@@ -1,4 +1,4 @@
-"""Build the CUDA extension of ``cuda-gptq-gemv`` on first use, once per process, into a cache.
+"""Build the CUDA extension of ``cuda-gptq-gemv`` and ``cuda-gptq-mma`` on first use, into a cache.
 
 Installing the plugin compiles nothing. The first time selection considers the kernel for a
 CUDA device, :func:`build_problem` compiles ``csrc/`` with ``torch.utils.cpp_extension.load``
@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 NAME = "ferrule_cuda_gptq_gemv"
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("gptq_gemv.cpp", "gptq_gemv.cu")
-HEADERS = ("gptq_gemv.h",)
+SOURCES = ("gptq_gemv.cpp", "gptq_gemv.cu", "gptq_mma.cu")
+HEADERS = ("gptq_gemv.h", "kernel_common.cuh")
 # -ftz=false: the kernel multiplies denormal floats on purpose (see gptq_gemv.cu); a flag that
 # flushes them to zero (--use_fast_math) would zero every weight.
 NVCC_FLAGS = ("-O3", "-ftz=false")
@@ -159,8 +159,9 @@ def build_problem(capability: tuple[int, int]) -> str | None:
 
 
 def load(capability: tuple[int, int]) -> Any:
-    """The built extension module (``gptq_gemv``, ``gptq_gemv_plan``); raises if unavailable."""
+    """The built extension module (``gptq_gemv``, ``gptq_mma`` and their plans); raises if
+    unavailable."""
     module, problem = _build(tuple(capability))
     if module is None:
-        raise RuntimeError(f"cuda-gptq-gemv {problem}")
+        raise RuntimeError(f"cuda-gptq-gemv and cuda-gptq-mma {problem}")
     return module

@@ -1,4 +1,4 @@
-"""The ``cuda`` entry point: the CUDA platform and two CUDA linear kernels.
+"""The ``cuda`` entry point: the CUDA platform and three CUDA linear kernels.
 
 Importing this module imports no torch: the kernels load in their factories and the checks
 import torch when selection calls them.
@@ -7,20 +7,23 @@ import torch when selection calls them.
   GPTQ's layout in place, preferred for 1 and 2 input rows (decode). It compiles on first use
   (needs the CUDA toolkit's nvcc and ninja, see :mod:`ferrule_cuda_kernels.extension`); where
   it cannot, it refuses with the reason and selection moves on.
+- ``cuda-gptq-mma``: 4-bit layers, float16, sm_80+, a CUDA C++ tensor-core kernel on the same
+  layout and extension, preferred for 3 to 64 input rows.
 - ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
   activations, sm_80+; a candidate the benchmarks compare.
 
-Both declare ``sorted_groups``: act-order layers are permuted once so each group is a run of
+All declare ``sorted_groups``: act-order layers are permuted once so each group is a run of
 rows, and they cost what an in-order layer does.
 """
 
 from __future__ import annotations
 
 from ferrule_core import KernelSpec, PlatformSpec, hookimpl
-from ferrule_cuda_kernels.checks import check_gemv, check_torch_int4
+from ferrule_cuda_kernels.checks import check_gemv, check_mma, check_torch_int4
 from ferrule_cuda_kernels.platform import capability, check, memory
 
 GEMV_PRIORITY = 30
+MMA_PRIORITY = 25
 TORCH_INT4_PRIORITY = 15
 PLATFORM_PRIORITY = 20
 
@@ -29,6 +32,12 @@ def _gemv_factory(layer):
     from ferrule_cuda_kernels.gemv import CudaGptqGemv
 
     return CudaGptqGemv(layer)
+
+
+def _mma_factory(layer):
+    from ferrule_cuda_kernels.mma import CudaGptqMma
+
+    return CudaGptqMma(layer)
 
 
 def _torch_int4_factory(layer):
@@ -47,7 +56,7 @@ def ferrule_register_platforms():
             memory=memory,
             capability=capability,
             distributed_backend="nccl",
-            preferred_kernels=("cuda-gptq-gemv", "torch-int4"),
+            preferred_kernels=("cuda-gptq-gemv", "cuda-gptq-mma", "torch-int4"),
             priority=PLATFORM_PRIORITY,
             description="NVIDIA GPUs through a CUDA build of torch (device memory, nccl)",
         )
@@ -81,6 +90,30 @@ def ferrule_register_kernels():
                 "16-byte weight loads, split-K, float32 accumulation (half2 products for float16 "
                 "x at 4 bits), programmatic dependent launch on sm_90+; group sizes that are "
                 "multiples of 32 (4-bit) or 16 (8-bit), or -1; compiled on first use (nvcc)"
+            ),
+        ),
+        KernelSpec(
+            name="cuda-gptq-mma",
+            kind="linear",
+            factory=_mma_factory,
+            platforms=("cuda",),
+            bits=(4,),
+            group_sizes=None,
+            desc_act=True,
+            sym=True,
+            asym=True,
+            dtypes=("float16",),
+            min_capability=(8, 0),
+            priority=MMA_PRIORITY,
+            check=check_mma,
+            preferred_rows=(3, 64),
+            sorted_groups=True,
+            description=(
+                "CUDA C++ tensor-core kernel (mma.sync) on GPTQ's own layout, preferred for 3-64 "
+                "rows (any batch, in passes of 64): each warp streams its own 16-byte weight "
+                "loads as A fragments, split-K, float32 sums, programmatic dependent launch on "
+                "sm_90+; group sizes that are multiples of 32, or -1; compiled on first use "
+                "(nvcc)"
             ),
         ),
         KernelSpec(

@@ -1,13 +1,16 @@
-// Runs gptq_gemv.cu's kernel on the host, for tests on machines without a GPU.
+// Runs the kernels of gptq_gemv.cu and gptq_mma.cu on the host, for tests on machines without
+// a GPU.
 //
 // One block at a time; its 256 threads are std::threads, __shared__ variables are function
-// statics (shared by the block's threads), __syncthreads is a barrier of the block and
-// __shfl_xor_sync exchanges through one slot per lane with a barrier of the warp. Loads are
-// plain reads; atomics are the compiler's. The half and bfloat16 conversions are CUDA's own
-// host implementations, and x86 floats keep denormals, as the kernel (built -ftz=false) does.
+// statics (shared by the block's threads), __syncthreads is a barrier of the block, and
+// __shfl_xor_sync and mma.sync exchange through slots per lane with a barrier of the warp.
+// Loads are plain reads; atomics are the compiler's. The half and bfloat16 conversions are
+// CUDA's own host implementations, and x86 floats keep denormals, as the kernels (built
+// -ftz=false) do. kernel_common.cuh's launch_kernel calls emulate_launch below.
 #pragma once
 
 #define FERRULE_GEMV_PDL 0  // plain launches: no programmatic dependent launch
+#define FERRULE_GEMV_EMULATED 1
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -39,6 +42,11 @@ constexpr int kWarps = kThreads / 32;
 inline std::barrier<>* block_barrier = nullptr;
 inline std::barrier<>* warp_barrier[kWarps];
 inline float warp_slots[kWarps][32];
+struct MmaSlot {
+  uint32_t a[4];
+  uint32_t b[2];
+};
+inline MmaSlot mma_slots[kWarps][32];
 }  // namespace emulation
 
 inline thread_local dim3 threadIdx;
@@ -86,6 +94,42 @@ inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
                         __double2half(static_cast<double>(fa.y) * fb.y + fc.y));
 }
 
+// mma.sync.m16n8k16.row.col.f32.f16.f16.f32 for one lane: every lane posts its A and B
+// fragments, then computes its own 4 sums from the warp's (PTX ISA fragment layouts: lane
+// 4 g + c holds A rows g and g + 8 at columns 2 c, 2 c + 1 and 2 c + 8, 2 c + 9, B column g at
+// rows 2 c, 2 c + 1, 2 c + 8, 2 c + 9, and D rows g, g + 8 at columns 2 c, 2 c + 1).
+inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  auto& mine = emulation::mma_slots[warp][lane];
+  std::memcpy(mine.a, a, sizeof mine.a);
+  std::memcpy(mine.b, b, sizeof mine.b);
+  emulation::warp_barrier[warp]->arrive_and_wait();
+  auto half_of = [](uint32_t word, int which) {
+    __half h;
+    const uint16_t bits = static_cast<uint16_t>(which ? word >> 16 : word & 0xFFFFu);
+    std::memcpy(&h, &bits, sizeof h);
+    return __half2float(h);
+  };
+  auto a_at = [&](int row, int k) {
+    const auto& slot = emulation::mma_slots[warp][(row % 8) * 4 + (k % 8) / 2];
+    return half_of(slot.a[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2);
+  };
+  auto b_at = [&](int k, int col) {
+    const auto& slot = emulation::mma_slots[warp][col * 4 + (k % 8) / 2];
+    return half_of(slot.b[k >= 8 ? 1 : 0], k % 2);
+  };
+  const int g = lane >> 2, c = lane & 3;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + (e >= 2 ? 8 : 0);
+    const int col = 2 * c + (e % 2);
+    float sum = d[e];
+    for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+    d[e] = sum;
+  }
+  emulation::warp_barrier[warp]->arrive_and_wait();
+}
+
 // Replaces `kernel<<<grid, 256, 0, stream>>>(p)`.
 template <class Kernel, class Problem>
 void emulate_launch(Kernel kernel, dim3 grid, const Problem& p) {
@@ -122,9 +166,4 @@ inline cudaError_t emulated_occupancy(int* blocks, ...) {
 #define cudaOccupancyMaxActiveBlocksPerMultiprocessor emulated_occupancy
 #define cudaGetLastError() cudaSuccess
 
-// What the torch binding does before a launch, for ctypes.
-extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
-                             const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
-                             const void* scales, void* out, float* workspace, int32_t* counters,
-                             int M, int K, int N, int group_size, int bits, int bf16,
-                             int num_sms, int64_t capacity, int* plan);
+

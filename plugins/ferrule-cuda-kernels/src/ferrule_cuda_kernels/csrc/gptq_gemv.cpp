@@ -1,6 +1,6 @@
-// The torch binding of cuda-gptq-gemv: checks the tensors, allocates the output and the
-// split-K workspace (through torch's caching allocator, so CUDA graphs capture it), and
-// launches on the current stream. The kernels are in gptq_gemv.cu.
+// The torch binding of cuda-gptq-gemv and cuda-gptq-mma: checks the tensors, allocates the
+// output and the split-K workspace (through torch's caching allocator, so CUDA graphs capture
+// it), and launches on the current stream. The kernels are in gptq_gemv.cu and gptq_mma.cu.
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -47,59 +47,57 @@ void check_tensor(const torch::Tensor& t, const char* name, const torch::Tensor&
   TORCH_CHECK(t.is_contiguous(), "cuda-gptq-gemv: ", name, " must be contiguous");
 }
 
-// y [M, N] = x [M, K] @ W, W the GPTQ layer (rows sorted by group; `perm` gathers x).
-torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
-                        const torch::Tensor& qweight, const torch::Tensor& qzeros,
-                        const torch::Tensor& scales, const torch::Tensor& counters,
-                        int64_t bits, int64_t group_size) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2, "cuda-gptq-gemv: x must be a 2-D CUDA tensor, got ",
+// Checks the tensors of y [M, N] = x [M, K] @ W (W the GPTQ layer, rows sorted by group;
+// `perm` gathers x) and fills a Problem for them, without the plan and the workspace.
+ferrule_gemv::Problem problem_for(const char* kernel, const torch::Tensor& x,
+                                  const std::optional<torch::Tensor>& perm,
+                                  const torch::Tensor& qweight, const torch::Tensor& qzeros,
+                                  const torch::Tensor& scales, const torch::Tensor& counters,
+                                  int64_t bits, int64_t group_size) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2, kernel, ": x must be a 2-D CUDA tensor, got ",
               x.sizes(), " on ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-              "cuda-gptq-gemv: x must be float16 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(bits == 4 || bits == 8, "cuda-gptq-gemv: bits must be 4 or 8, got ", bits);
+              kernel, ": x must be float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(bits == 4 || bits == 8, kernel, ": bits must be 4 or 8, got ", bits);
   check_tensor(qweight, "qweight", x, at::kInt);
   check_tensor(qzeros, "qzeros", x, at::kInt);
   check_tensor(scales, "scales", x, x.scalar_type());
   check_tensor(counters, "counters", x, at::kInt);
   const int64_t M = x.size(0);
   const int64_t K = x.size(1);
-  TORCH_CHECK(scales.dim() == 2, "cuda-gptq-gemv: scales must be [groups, N]");
+  TORCH_CHECK(scales.dim() == 2, kernel, ": scales must be [groups, N]");
   const int64_t groups = scales.size(0);
   const int64_t N = scales.size(1);
   TORCH_CHECK(K * bits % 32 == 0 && N % 4 == 0 && N * bits % 32 == 0,
-              "cuda-gptq-gemv: K=", K, ", N=", N, " cannot be packed at ", bits, " bits");
+              kernel, ": K=", K, ", N=", N, " cannot be packed at ", bits, " bits");
   TORCH_CHECK(qweight.dim() == 2 && qweight.size(0) == K * bits / 32 && qweight.size(1) == N,
-              "cuda-gptq-gemv: qweight has shape ", qweight.sizes(), ", expected [",
+              kernel, ": qweight has shape ", qweight.sizes(), ", expected [",
               K * bits / 32, ", ", N, "]");
   TORCH_CHECK(qzeros.dim() == 2 && qzeros.size(0) == groups && qzeros.size(1) == N * bits / 32,
-              "cuda-gptq-gemv: qzeros has shape ", qzeros.sizes(), ", expected [", groups, ", ",
+              kernel, ": qzeros has shape ", qzeros.sizes(), ", expected [", groups, ", ",
               N * bits / 32, "]");
   const int64_t unit = ferrule_gemv::unit_rows(static_cast<int>(bits));
   TORCH_CHECK(group_size > 0 && (group_size % unit == 0 || group_size >= K),
-              "cuda-gptq-gemv: group_size=", group_size, " must be a multiple of ", unit,
+              kernel, ": group_size=", group_size, " must be a multiple of ", unit,
               " at ", bits, " bits (or cover all of K=", K, ")");
-  TORCH_CHECK((K + group_size - 1) / group_size == groups, "cuda-gptq-gemv: ", groups,
+  TORCH_CHECK((K + group_size - 1) / group_size == groups, kernel, ": ", groups,
               " groups of scales, but K=", K, " in groups of ", group_size, " makes ",
               (K + group_size - 1) / group_size);
   const int32_t* perm_ptr = nullptr;
   if (perm.has_value()) {
     check_tensor(*perm, "perm", x, at::kInt);
-    TORCH_CHECK(perm->dim() == 1 && perm->size(0) == K, "cuda-gptq-gemv: perm must be [", K,
+    TORCH_CHECK(perm->dim() == 1 && perm->size(0) == K, kernel, ": perm must be [", K,
                 "], got ", perm->sizes());
     perm_ptr = perm->data_ptr<int32_t>();
   }
   // 16-byte loads of qweight and 8-byte loads of scales.
   TORCH_CHECK(reinterpret_cast<uintptr_t>(qweight.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(scales.data_ptr()) % 8 == 0,
-              "cuda-gptq-gemv: qweight must be 16-byte and scales 8-byte aligned");
-  // The kernel indexes weights, scales and zeros with 32-bit offsets.
+              kernel, ": qweight must be 16-byte and scales 8-byte aligned");
+  // The kernels index weights, scales and zeros with 32-bit offsets.
   TORCH_CHECK(M < (int64_t{1} << 31) && qweight.numel() < (int64_t{1} << 31) &&
                   scales.numel() < (int64_t{1} << 31),
-              "cuda-gptq-gemv: the layer is too large for 32-bit offsets");
-
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto out = torch::empty({M, N}, x.options());
-  if (M == 0) return out;
+              kernel, ": the layer is too large for 32-bit offsets");
 
   ferrule_gemv::Problem p{};
   p.x = x.data_ptr();
@@ -109,7 +107,6 @@ torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tenso
   p.qweight = qweight.data_ptr<int32_t>();
   p.qzeros = qzeros.data_ptr<int32_t>();
   p.scales = scales.data_ptr();
-  p.out = out.data_ptr();
   p.counters = counters.data_ptr<int32_t>();
   p.M = static_cast<int>(M);
   p.K = static_cast<int>(K);
@@ -117,15 +114,51 @@ torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tenso
   p.group_size = static_cast<int>(group_size < K ? group_size : K);
   p.bits = static_cast<int>(bits);
   p.bf16 = x.scalar_type() == at::kBFloat16;
+  return p;
+}
+
+// Allocates the output (and the split-K workspace the plan asks for) and launches.
+template <typename Plan, typename Launch>
+torch::Tensor run(ferrule_gemv::Problem& p, const torch::Tensor& x, const torch::Tensor& counters,
+                  Plan plan, Launch launch) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto out = torch::empty({x.size(0), p.N}, x.options());
+  if (p.M == 0) return out;
+  p.out = out.data_ptr();
   p.pdl = capability_major() >= 9;
-  ferrule_gemv::plan(p, multiprocessors(), counters.numel());
+  plan(p, multiprocessors(), counters.numel());
   torch::Tensor workspace;
   if (p.splits > 1) {
-    workspace = torch::empty({p.splits, M, N}, x.options().dtype(at::kFloat));
+    workspace = torch::empty({p.splits, p.M, p.N}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
-  C10_CUDA_CHECK(ferrule_gemv::launch(p, c10::cuda::getCurrentCUDAStream().stream()));
+  C10_CUDA_CHECK(launch(p, c10::cuda::getCurrentCUDAStream().stream()));
   return out;
+}
+
+// y [M, N] = x [M, K] @ W with cuda-gptq-gemv.
+torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
+                        const torch::Tensor& qweight, const torch::Tensor& qzeros,
+                        const torch::Tensor& scales, const torch::Tensor& counters,
+                        int64_t bits, int64_t group_size) {
+  auto p = problem_for("cuda-gptq-gemv", x, perm, qweight, qzeros, scales, counters, bits,
+                       group_size);
+  return run(p, x, counters, ferrule_gemv::plan, ferrule_gemv::launch);
+}
+
+// y [M, N] = x [M, K] @ W with cuda-gptq-mma (float16, 4-bit, sm_80+); warps_k and splits
+// force the plan's choices (0: choose), for tuning.
+torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
+                       const torch::Tensor& qweight, const torch::Tensor& qzeros,
+                       const torch::Tensor& scales, const torch::Tensor& counters,
+                       int64_t group_size, int64_t warps_k, int64_t splits) {
+  auto p = problem_for("cuda-gptq-mma", x, perm, qweight, qzeros, scales, counters, 4,
+                       group_size);
+  TORCH_CHECK(!p.bf16, "cuda-gptq-mma: x must be float16, got ", x.scalar_type());
+  TORCH_CHECK(capability_major() >= 8, "cuda-gptq-mma: needs sm_80 or later (mma.sync)");
+  p.warps_k = static_cast<int>(warps_k);
+  p.splits = static_cast<int>(splits);
+  return run(p, x, counters, ferrule_gemv::plan_mma, ferrule_gemv::launch_mma);
 }
 
 // (tile_rows, splits, units_per_split) that gptq_gemv would use: for tests and benchmarks.
@@ -141,9 +174,27 @@ std::vector<int64_t> gptq_gemv_plan(int64_t M, int64_t K, int64_t N, int64_t bit
   return {p.tile_rows, p.splits, p.units_per_split};
 }
 
+// (tokens, loads, warps_k, splits, units_per_split) that gptq_mma would use.
+std::vector<int64_t> gptq_mma_plan(int64_t M, int64_t K, int64_t N, int64_t counter_capacity,
+                                   int64_t warps_k, int64_t splits) {
+  ferrule_gemv::Problem p{};
+  p.M = static_cast<int>(M);
+  p.K = static_cast<int>(K);
+  p.N = static_cast<int>(N);
+  p.bits = 4;
+  p.group_size = static_cast<int>(K);
+  p.warps_k = static_cast<int>(warps_k);
+  p.splits = static_cast<int>(splits);
+  ferrule_gemv::plan_mma(p, multiprocessors(), counter_capacity);
+  return {p.tokens, p.loads, p.warps_k, p.splits, p.units_per_split};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gptq_gemv", &gptq_gemv, "y = x @ W for a GPTQ 4/8-bit layer (cuda-gptq-gemv)");
   m.def("gptq_gemv_plan", &gptq_gemv_plan, "(tile_rows, splits, units_per_split) for a shape");
+  m.def("gptq_mma", &gptq_mma, "y = x @ W for a GPTQ 4-bit layer, float16 x (cuda-gptq-mma)");
+  m.def("gptq_mma_plan", &gptq_mma_plan,
+        "(tokens, loads, warps_k, splits, units_per_split) for a shape");
 }

@@ -46,6 +46,7 @@
 // Accumulation is float32 throughout.
 
 #include "gptq_gemv.h"
+#include "kernel_common.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -63,9 +64,6 @@ namespace {
 #endif
 #ifndef FERRULE_GEMV_STAGES
 #define FERRULE_GEMV_STAGES 1
-#endif
-#ifndef FERRULE_GEMV_PDL
-#define FERRULE_GEMV_PDL 1
 #endif
 #ifndef FERRULE_GEMV_MIN_BLOCKS
 #define FERRULE_GEMV_MIN_BLOCKS 3
@@ -87,20 +85,14 @@ constexpr float kTwoTo64 = 18446744073709551616.0f;
 // The half2 path's scale 2^e is at most 2^5: (1024 + 15) * 2^e must be a float16.
 constexpr int kMaxExponent = 5;
 
-template <typename T>
-struct Io;
-
-template <>
-struct Io<__half> {
-  __device__ static float load(__half v) { return __half2float(v); }
-  __device__ static __half store(float v) { return __float2half_rn(v); }
-};
-
-template <>
-struct Io<__nv_bfloat16> {
-  __device__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
+using common::and_or;
+using common::bits_half2;
+using common::column_word;
+using common::exp2i;
+using common::Io;
+using common::octet_value;
+using common::release_dependents;
+using common::wait_for_inputs;
 
 template <int BITS>
 struct Codes {
@@ -109,56 +101,6 @@ struct Codes {
   static constexpr uint32_t kMask = (1u << BITS) - 1u;
   static constexpr int kUnitK = kUnitWords * kPerWord;  // rows of K in one unit
 };
-
-__device__ __forceinline__ uint32_t column_word(const int4& v, int c) {
-  return static_cast<uint32_t>(c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w);
-}
-
-__device__ __forceinline__ __half2 bits_half2(uint32_t bits) {
-  __half2 h;
-  static_assert(sizeof h == sizeof bits, "a half2 is 32 bits");
-  memcpy(&h, &bits, sizeof h);
-  return h;
-}
-
-// (a & mask) | bits in one LOP3 (the compiler splits it in two when both are immediates).
-template <uint32_t kMask, uint32_t kBits>
-__device__ __forceinline__ uint32_t and_or(uint32_t a) {
-#ifdef __CUDA_ARCH__
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(kMask), "n"(kBits));
-  return d;
-#else
-  return (a & kMask) | kBits;
-#endif
-}
-
-// Programmatic dependent launch (sm_90+, launched with p.pdl): a block may start while the
-// previous kernel on the stream finishes, loads the weight (which no kernel writes), and waits
-// here before it reads x or writes anything; it lets the next kernel start once its own main
-// loop is done. Elsewhere both are no-ops.
-__device__ __forceinline__ void wait_for_inputs() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void release_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// Value r of 8 consecutive T packed in a uint4.
-template <typename T>
-__device__ __forceinline__ T octet_value(const uint4& v, int r) {
-  T out;
-  memcpy(&out, reinterpret_cast<const char*>(&v) + sizeof(T) * r, sizeof out);
-  return out;
-}
-
-// 2^e as a float, e in [-126, 127].
-__device__ __forceinline__ float exp2i(int e) { return __int_as_float((127 + e) << 23); }
 
 // One row of x (decode) fits 80 registers, so three blocks share a multiprocessor (24 warps).
 // More rows keep the compiler's choice (0: no minimum; 2 rows take 127 registers, 2 blocks).
@@ -234,29 +176,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   };
 
   // x[row0 + m][k .. k + 7] (through perm), zeros past K, as 8 values of T in a uint4.
-  const bool vector_x = p.perm == nullptr && p.x_stride_k == 1 && p.x_stride_m % 8 == 0 &&
-                        reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  const bool vector_perm = p.perm != nullptr && reinterpret_cast<uintptr_t>(p.perm) % 16 == 0;
-  auto load_octet = [&](int m, int k) {
-    const T* row = x + (row0 + m) * p.x_stride_m;
-    if (vector_x && k + 8 <= p.K) return __ldg(reinterpret_cast<const uint4*>(row + k));
-    int src[8];
-    if (vector_perm && k + 8 <= p.K) {
-      const int4 a = __ldg(reinterpret_cast<const int4*>(p.perm + k));
-      const int4 b = __ldg(reinterpret_cast<const int4*>(p.perm + k + 4));
-      src[0] = a.x; src[1] = a.y; src[2] = a.z; src[3] = a.w;
-      src[4] = b.x; src[5] = b.y; src[6] = b.z; src[7] = b.w;
-    } else {
-#pragma unroll
-      for (int r = 0; r < 8; ++r) src[r] = k + r < p.K ? (p.perm != nullptr ? __ldg(p.perm + k + r) : k + r) : -1;
-    }
-    T h[8];
-#pragma unroll
-    for (int r = 0; r < 8; ++r) h[r] = src[r] >= 0 ? row[static_cast<int64_t>(src[r]) * p.x_stride_k] : Io<T>::store(0.0f);
-    uint4 v;
-    memcpy(&v, h, sizeof v);
-    return v;
-  };
+  const common::XReader<T> reader(x, p.x_stride_m, p.x_stride_k, p.perm, p.K);
+  auto load_octet = [&](int m, int k) { return reader.octet(row0 + m, k); };
 
   float acc[ROWS][4];
 #pragma unroll
@@ -538,22 +459,7 @@ struct Kernel {
   static int occupancy() { return resident_blocks_per_sm<T, BITS, ROWS>(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kTileN - 1) / kTileN, p.splits, (p.M + ROWS - 1) / ROWS);
-#if FERRULE_GEMV_PDL
-    if (p.pdl) {
-      cudaLaunchConfig_t config = {};
-      config.gridDim = grid;
-      config.blockDim = dim3(kThreads);
-      config.stream = stream;
-      cudaLaunchAttribute attribute[1];
-      attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attribute[0].val.programmaticStreamSerializationAllowed = 1;
-      config.attrs = attribute;
-      config.numAttrs = 1;
-      return cudaLaunchKernelEx(&config, gptq_gemv_kernel<T, BITS, ROWS>, p);
-    }
-#endif
-    gptq_gemv_kernel<T, BITS, ROWS><<<grid, kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+    return common::launch_kernel(gptq_gemv_kernel<T, BITS, ROWS>, grid, kThreads, stream, p.pdl, p);
   }
 };
 

@@ -35,6 +35,10 @@ struct Problem {
   int tile_rows;        // rows of x one block serves: 1, 2, 4 or 8
   int splits;           // blocks sharing one output tile along K (split-K)
   int units_per_split;  // 4-word units of K each split reads
+  // cuda-gptq-mma only (plan_mma; set warps_k and splits beforehand to force them, 0: choose):
+  int tokens;   // rows of x one block serves: 8, 16, 32 or 64
+  int loads;    // 16-byte weight loads a thread makes per unit: 1 or 2 (32 columns each a warp)
+  int warps_k;  // warps of a block that split its K range (1, 2, 4, 8); the rest split columns
 };
 
 // Rows of K one unit covers: 4 packed words, so 32 at 4 bits and 16 at 8 bits. A group must
@@ -47,5 +51,10 @@ void plan(Problem& p, int num_sms, int64_t counter_capacity);
 
 // Launch on `stream`; returns the launch's error (cudaSuccess when it was queued).
 cudaError_t launch(const Problem& p, cudaStream_t stream);
+
+// cuda-gptq-mma (gptq_mma.cu): float16 x, 4-bit codes, tensor cores (sm_80+). Chooses
+// group_shift, tokens, loads, warps_k (unless set), splits (unless set) and units_per_split.
+void plan_mma(Problem& p, int num_sms, int64_t counter_capacity);
+cudaError_t launch_mma(const Problem& p, cudaStream_t stream);
 
 }  // namespace ferrule_gemv

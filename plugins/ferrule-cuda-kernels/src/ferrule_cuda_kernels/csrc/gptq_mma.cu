@@ -1,0 +1,386 @@
+// cuda-gptq-mma: y = x @ W for 3 to 64 rows of float16 x and a GPTQ 4-bit weight, read in place,
+// on the tensor cores (mma.sync m16n8k16, sm_80+).
+//
+// Why a streaming kernel. Up to a few dozen rows the product is still bound by reading the
+// weight, like the GEMV: every word must be read once per call with 16-byte loads and every
+// multiprocessor kept streaming, and the tensor cores only have to keep up. So the work is
+// split like cuda-gptq-gemv's, not like a GEMM's: each warp streams its own units of the
+// weight (32 rows of K by 32 or 64 columns) with no barrier, holding the next units in
+// registers while it multiplies the current one, and blocks split K when the layer is narrow.
+//
+// Fragments straight from the packed words. A thread (lane = 4 g + c) loads 16 bytes: the
+// words of 4 adjacent columns (4 g .. 4 g + 3 of the warp's 32) at word row c of the unit, so
+// it holds rows 8 c .. 8 c + 7 of K for those columns. For the MMA the weight is the A operand
+// (the product runs transposed: out^T = W^T x^T), whose row g and g + 8 at K positions 2 c,
+// 2 c + 1 (registers 0-1) and 2 c + 8, 2 c + 9 (registers 2-3) belong to thread 4 g + c. So
+// tile t of a warp takes its row g from column 2 t of the thread's list and row g + 8 from
+// column 2 t + 1, and the MMA's 16 K positions of thread c map to its own word's codes: K
+// step s takes the code pairs (2 s, 2 s + 4) and (2 s + 1, 2 s + 5), which is what one LOP3
+// makes: (w & 0x000F000F) | 0x64006400 is the float16 pair (1024 + q0, 1024 + q4), mask
+// 0x00F000F0 gives (1024 + 16 q1, 1024 + 16 q5), and w >> 8 the other two pairs. One HSUB2
+// (or HFMA2 by 1/16 for the 16 q pairs) subtracts the zero point exactly and one HMUL2 applies
+// the scale: the weight rounds once to float16, as a dequantize-then-matmul does. The B
+// operand (x^T, 8 rows of x a tile) must use the same K order: thread c of row g loads x's
+// 8 values at rows 8 c .. 8 c + 7 with one 16-byte load (L1-cached: the block's warps share
+// them) and two PRMTs make each pair (x_p, x_{p+4}). No shared memory is touched until the
+// epilogue; accumulation is float32 in the MMA.
+//
+// A block is 8 warps: warps_k of them split the block's K range (unit w, w + warps_k, ...),
+// the others take side-by-side column strips. Warps that share columns add their sums in
+// shared memory at the end; then, when K is split across blocks (splits > 1), the partial
+// sums go to a float32 workspace and the last block of a tile to finish (an atomic counter)
+// adds them and writes the output, as in cuda-gptq-gemv. plan_mma picks warps_k and splits.
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "gptq_gemv.h"
+#include "kernel_common.cuh"
+
+namespace ferrule_gemv {
+namespace {
+
+using common::and_or;
+using common::bits_half2;
+using common::column_word;
+using common::half2_bits;
+using common::release_dependents;
+using common::wait_for_inputs;
+
+#ifndef FERRULE_MMA_STAGES
+#define FERRULE_MMA_STAGES 2
+#endif
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kUnitWords = 4;   // word rows of one unit: 32 rows of K at 4 bits
+constexpr int kUnitRows = 32;
+constexpr int kStages = FERRULE_MMA_STAGES;  // units a warp holds in registers
+constexpr int kMinUnitsPerWarp = 4;
+constexpr int kMaxSplits = 4;
+
+// d += a b for one m16n8k16 tile: A row-major float16, B column-major float16, float32 sums.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
+                                          const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // plan_mma's callers refuse devices before sm_80
+#elif defined(FERRULE_GEMV_EMULATED)
+  emulated_mma_16816(d, a, b);  // tests/emulation/cuda_host_shim.h
+#endif
+}
+
+// Bytes of {b, a} picked by the selector's nibbles (PRMT).
+__device__ __forceinline__ uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(a, b, selector);
+#else
+  const uint64_t both = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t out = 0;
+  for (int i = 0; i < 4; ++i) out |= static_cast<uint32_t>((both >> (8 * ((selector >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  return out;
+#endif
+}
+
+// One unit's weight, scales and zeros for the thread's 4 * LOADS columns.
+template <int LOADS>
+struct Held {
+  int4 words[LOADS];   // word row c of columns 32 l + 4 g .. + 3
+  uint2 scales[LOADS];  // their 4 scales (float16 bits)
+  uint32_t zeros[LOADS];  // their 4 zero points, 4 bits each from bit 0
+};
+
+// Two blocks a multiprocessor (16 warps, at most 128 registers a thread) up to 32 rows; 64
+// rows need more registers for their sums and fragments (they spill at 128).
+template <int TOKENS>
+constexpr int kMinBlocks = TOKENS <= 32 ? 2 : 1;
+
+template <int TOKENS, int LOADS>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(const Problem p) {
+  constexpr int kTiles = 2 * LOADS;       // 16-column MMA tiles of a warp
+  constexpr int kTokenTiles = TOKENS / 8;  // 8-row MMA tiles of x
+  constexpr int kWarpCols = 32 * LOADS;
+  // Sums of the warps that share columns, [TOKENS][columns of the block] at warps_k >= 2.
+  __shared__ __align__(16) float shared_sums[TOKENS * (kWarps / 2) * kWarpCols];
+  __shared__ bool last_block;
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int g = lane >> 2;
+  const int c = lane & 3;
+  const int warps_k = p.warps_k;
+  const int warps_n = kWarps / warps_k;
+  const int wn = warp % warps_n;
+  const int wk = warp / warps_n;
+  const int block_cols = warps_n * kWarpCols;
+  const int N = p.N;
+  const int M = p.M;
+  const int warp_col = blockIdx.x * block_cols + wn * kWarpCols;
+  const int row0 = blockIdx.z * TOKENS;
+  const int words = p.K / 8;
+  const int units = (words + kUnitWords - 1) / kUnitWords;
+  const int unit_begin = blockIdx.y * p.units_per_split;
+  const int unit_end = min(unit_begin + p.units_per_split, units);
+  const uint32_t n4 = N / 4;
+  const uint32_t zero_words = N / 8;
+  const int4* __restrict__ qweight = reinterpret_cast<const int4*>(p.qweight);
+  const uint2* __restrict__ scales = reinterpret_cast<const uint2*>(p.scales);
+  const uint32_t* __restrict__ qzeros = reinterpret_cast<const uint32_t*>(p.qzeros);
+  const common::XReader<__half> reader(static_cast<const __half*>(p.x), p.x_stride_m,
+                                       p.x_stride_k, p.perm, p.K);
+
+  // Column j (0 .. 4 LOADS - 1) of this thread's list.
+  auto column = [&](int j) { return warp_col + 32 * (j / 4) + 4 * g + (j % 4); };
+
+  // Issues the loads of `unit` (zeros past the range or the last column).
+  auto fetch = [&](Held<LOADS>& h, int unit) {
+    const bool ok = unit < unit_end;
+    const uint32_t row = static_cast<uint32_t>(unit) * kUnitWords + c;
+    const int k = unit * kUnitRows;
+    const uint32_t group = !ok ? 0u : p.group_shift >= 0 ? k >> p.group_shift : k / p.group_size;
+#pragma unroll
+    for (int l = 0; l < LOADS; ++l) {
+      const int col = warp_col + 32 * l + 4 * g;
+      const bool in = ok && col < N;  // N % 4 == 0: the 4 columns are all in or all out
+      h.words[l] = in && static_cast<int>(row) < words ? __ldcs(qweight + row * n4 + col / 4)
+                                                       : make_int4(0, 0, 0, 0);
+      h.scales[l] = in ? __ldg(scales + group * n4 + col / 4) : make_uint2(0u, 0u);
+      h.zeros[l] = in ? __ldg(qzeros + group * zero_words + col / 8) >> (4 * (col % 8)) : 0u;
+    }
+  };
+
+  float acc[kTiles][kTokenTiles][4];
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+    for (int u = 0; u < kTokenTiles; ++u) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[t][u][e] = 0.0f;
+    }
+  }
+
+  auto multiply = [&](const Held<LOADS>& h, int unit) {
+    // B fragments: x rows 8 c .. 8 c + 7 of this unit for row g of each 8-row tile, as the
+    // pairs (x_p, x_{p+4}), p = 0..3.
+    uint32_t xb[kTokenTiles][4];
+#pragma unroll
+    for (int u = 0; u < kTokenTiles; ++u) {
+      const int token = row0 + 8 * u + g;
+      const uint4 v = token < M ? reader.octet(token, unit * kUnitRows + 8 * c)
+                                : make_uint4(0u, 0u, 0u, 0u);
+      xb[u][0] = byte_perm(v.x, v.z, 0x5410);
+      xb[u][1] = byte_perm(v.x, v.z, 0x7632);
+      xb[u][2] = byte_perm(v.y, v.w, 0x5410);
+      xb[u][3] = byte_perm(v.y, v.w, 0x7632);
+    }
+    // A fragments: the pairs (q_p - z) s, (q_{p+4} - z) s of each column's word.
+    uint32_t wp[4 * LOADS][4];
+    const __half2 sixteenth = bits_half2(0x2C002C00u);  // 1/16
+#pragma unroll
+    for (int l = 0; l < LOADS; ++l) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t w = column_word(h.words[l], k);
+        const uint32_t z = (h.zeros[l] >> (4 * k)) & 0xFu;
+        const uint32_t pair = k < 2 ? h.scales[l].x : h.scales[l].y;
+        const uint32_t s = (k & 1) ? pair >> 16 : pair & 0xFFFFu;
+        const __half2 scale = bits_half2(s | (s << 16));
+        const __half2 low_zero = bits_half2(0x64006400u | (z * 0x00010001u));          // 1024 + z
+        const __half2 high_zero = bits_half2(0xD400D400u | ((z << 4) * 0x00010001u));  // -(64 + z)
+        const uint32_t shifted = w >> 8;
+        uint32_t* out = wp[4 * l + k];
+        out[0] = half2_bits(__hmul2(__hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(w)), low_zero), scale));
+        out[1] = half2_bits(__hmul2(__hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(w)), sixteenth, high_zero), scale));
+        out[2] = half2_bits(__hmul2(__hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(shifted)), low_zero), scale));
+        out[3] = half2_bits(__hmul2(__hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(shifted)), sixteenth, high_zero), scale));
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint32_t a[4] = {wp[2 * t][2 * s], wp[2 * t + 1][2 * s], wp[2 * t][2 * s + 1],
+                               wp[2 * t + 1][2 * s + 1]};
+#pragma unroll
+        for (int u = 0; u < kTokenTiles; ++u) {
+          const uint32_t b[2] = {xb[u][2 * s], xb[u][2 * s + 1]};
+          mma_16816(acc[t][u], a, b);
+        }
+      }
+    }
+  };
+
+  // Start streaming this warp's first units, then wait for x (PDL) and stream the rest.
+  Held<LOADS> held[kStages];
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) fetch(held[s], unit_begin + wk + s * warps_k);
+  wait_for_inputs();
+  for (int unit = unit_begin + wk; unit < unit_end; unit += kStages * warps_k) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      const int mine = unit + s * warps_k;  // uniform across the warp
+      if (mine < unit_end) multiply(held[s], mine);
+      fetch(held[s], mine + kStages * warps_k);
+    }
+  }
+  release_dependents();  // the next kernel may start loading its weights
+
+  // Element e of acc[t][u]: column 2 t + e / 2 of the list, row 8 u + 2 c + e % 2 of the tile.
+  auto local = [&](int t, int u, int e) {
+    const int col = wn * kWarpCols + 32 * ((2 * t + e / 2) / 4) + 4 * g + (2 * t + e / 2) % 4;
+    return (8 * u + 2 * c + e % 2) * block_cols + col;
+  };
+  // Warps that share columns add up in shared memory: warp wk = 1, 2, ... in turn, then 0.
+  for (int r = 1; r < warps_k; ++r) {
+    if (wk == r) {
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+        for (int u = 0; u < kTokenTiles; ++u) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float& slot = shared_sums[local(t, u, e)];
+            slot = r == 1 ? acc[t][u][e] : slot + acc[t][u][e];
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+  const int splits = gridDim.y;
+  __half* __restrict__ out = static_cast<__half*>(p.out);
+  if (wk == 0) {
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+      for (int u = 0; u < kTokenTiles; ++u) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int n = column(2 * t + e / 2);
+          const int token = row0 + 8 * u + 2 * c + e % 2;
+          float sum = acc[t][u][e];
+          if (warps_k > 1) sum += shared_sums[local(t, u, e)];
+          if (token >= M || n >= N) continue;
+          const size_t at = static_cast<size_t>(token) * N + n;
+          if (splits == 1) {
+            out[at] = __float2half_rn(sum);
+          } else {
+            p.workspace[static_cast<size_t>(blockIdx.y) * M * N + at] = sum;
+          }
+        }
+      }
+    }
+  }
+  if (splits == 1) return;
+
+  // Split-K: the last block of this tile to arrive adds the splits' partial sums.
+  __threadfence();
+  __syncthreads();
+  const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+  if (tid == 0) last_block = atomicAdd(p.counters + tile, 1) == splits - 1;
+  __syncthreads();
+  if (!last_block) return;
+  for (int i = tid; i < TOKENS * block_cols; i += kThreads) {
+    const int m = i / block_cols;
+    const int n = blockIdx.x * block_cols + (i - m * block_cols);
+    const int token = row0 + m;
+    if (token >= M || n >= N) continue;
+    const size_t at = static_cast<size_t>(token) * N + n;
+    float sum = 0.0f;
+#pragma unroll 4
+    for (int s = 0; s < splits; ++s) sum += __ldcg(p.workspace + static_cast<size_t>(s) * M * N + at);
+    out[at] = __float2half_rn(sum);
+  }
+  if (tid == 0) p.counters[tile] = 0;  // ready for the next launch
+}
+
+template <int TOKENS, int LOADS>
+struct Kernel {
+  static int occupancy() {
+    static const int blocks = [] {
+      int n = 0;
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gptq_mma_kernel<TOKENS, LOADS>,
+                                                        kThreads, 0) != cudaSuccess) {
+        cudaGetLastError();  // clear it; assume one block
+        n = 1;
+      }
+      return n > 0 ? n : 1;
+    }();
+    return blocks;
+  }
+  static cudaError_t launch(const Problem& p, cudaStream_t stream) {
+    const int block_cols = kWarps / p.warps_k * 32 * LOADS;
+    const dim3 grid((p.N + block_cols - 1) / block_cols, p.splits, (p.M + TOKENS - 1) / TOKENS);
+    return common::launch_kernel(gptq_mma_kernel<TOKENS, LOADS>, grid, kThreads, stream, p.pdl, p);
+  }
+};
+
+template <typename F>
+auto dispatch(const Problem& p, F&& f) {
+  switch (p.tokens) {
+    case 8: return f(Kernel<8, 2>{});
+    case 16: return f(Kernel<16, 2>{});
+    case 32: return f(Kernel<32, 1>{});
+    default: return f(Kernel<64, 1>{});
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+void plan_mma(Problem& p, int num_sms, int64_t counter_capacity) {
+  if (p.group_size > p.K) p.group_size = p.K;
+  p.group_shift = -1;
+  for (int shift = 0; shift < 31; ++shift) {
+    if ((1 << shift) == p.group_size) p.group_shift = shift;
+  }
+  p.tokens = p.M <= 8 ? 8 : p.M <= 16 ? 16 : p.M <= 32 ? 32 : 64;
+  p.loads = p.tokens <= 16 ? 2 : 1;
+  const int64_t units = ceil_div(p.K / 8, kUnitWords);
+  const int64_t strips = ceil_div(p.N, 32 * p.loads);
+  const int64_t token_blocks = ceil_div(p.M, p.tokens);
+  const int64_t resident =
+      static_cast<int64_t>(num_sms) * dispatch(p, [](auto k) { return decltype(k)::occupancy(); });
+  // Splits that fill the GPU with about one wave for warps_k = wk, at least
+  // kMinUnitsPerWarp units a warp; 1 when the tiles' counters would not fit.
+  auto splits_for = [&](int wk) {
+    const int64_t tiles = ceil_div(strips, kWarps / wk) * token_blocks;
+    if (tiles > counter_capacity) return int64_t{1};
+    const int64_t fill = resident / tiles;
+    const int64_t most = units / (static_cast<int64_t>(wk) * kMinUnitsPerWarp);
+    return std::max<int64_t>(1, std::min(fill, most));
+  };
+  if (p.warps_k != 1 && p.warps_k != 2 && p.warps_k != 4 && p.warps_k != 8) {
+    // The fewest warps on K (the widest column tiles, so x is read the fewest times) whose
+    // split-K stays at kMaxSplits or below.
+    p.warps_k = kWarps;
+    for (int wk = 1; wk < kWarps; wk *= 2) {
+      if (splits_for(wk) <= kMaxSplits) {
+        p.warps_k = wk;
+        break;
+      }
+    }
+  }
+  const int64_t tiles = ceil_div(strips, kWarps / p.warps_k) * token_blocks;
+  int64_t splits = p.splits > 0 && tiles <= counter_capacity ? p.splits : splits_for(p.warps_k);
+  splits = std::max<int64_t>(1, std::min(splits, units));
+  // A whole number of units for each of the warps_k warps on K.
+  int64_t per_split = ceil_div(ceil_div(units, splits), p.warps_k) * p.warps_k;
+  p.units_per_split = static_cast<int>(per_split);
+  p.splits = static_cast<int>(ceil_div(units, per_split));
+}
+
+cudaError_t launch_mma(const Problem& p, cudaStream_t stream) {
+  return dispatch(p, [&](auto k) { return decltype(k)::launch(p, stream); });
+}
+
+}  // namespace ferrule_gemv

@@ -1,0 +1,168 @@
+// Device helpers shared by cuda-gptq-gemv (gptq_gemv.cu) and cuda-gptq-mma (gptq_mma.cu):
+// conversions, the LOP3 that makes two 4-bit codes float16, loads of 8 consecutive rows of x,
+// and programmatic dependent launch.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+#ifndef FERRULE_GEMV_PDL
+#define FERRULE_GEMV_PDL 1
+#endif
+
+namespace ferrule_gemv {
+namespace common {
+
+template <typename T>
+struct Io;
+
+template <>
+struct Io<__half> {
+  __device__ static float load(__half v) { return __half2float(v); }
+  __device__ static __half store(float v) { return __float2half_rn(v); }
+};
+
+template <>
+struct Io<__nv_bfloat16> {
+  __device__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+
+// Word c of 4 adjacent columns' words loaded as one int4.
+__device__ __forceinline__ uint32_t column_word(const int4& v, int c) {
+  return static_cast<uint32_t>(c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w);
+}
+
+__device__ __forceinline__ __half2 bits_half2(uint32_t bits) {
+  __half2 h;
+  static_assert(sizeof h == sizeof bits, "a half2 is 32 bits");
+  memcpy(&h, &bits, sizeof h);
+  return h;
+}
+
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
+  uint32_t bits;
+  memcpy(&bits, &h, sizeof bits);
+  return bits;
+}
+
+// (a & mask) | bits in one LOP3 (the compiler splits it in two when both are immediates).
+// With mask 0x000F000F and bits 0x64006400 it makes codes 0 and 4 of a 4-bit word the
+// float16 pair (1024 + q0, 1024 + q4); with 0x00F000F0, (1024 + 16 q1, 1024 + 16 q5).
+template <uint32_t kMask, uint32_t kBits>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+#ifdef __CUDA_ARCH__
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(kMask), "n"(kBits));
+  return d;
+#else
+  return (a & kMask) | kBits;
+#endif
+}
+
+// Programmatic dependent launch (sm_90+, launched with p.pdl): a block may start while the
+// previous kernel on the stream finishes, loads the weight (which no kernel writes), and waits
+// here before it reads x or writes anything; it lets the next kernel start once its own main
+// loop is done. Elsewhere both are no-ops.
+__device__ __forceinline__ void wait_for_inputs() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void release_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Value r of 8 consecutive T packed in a uint4.
+template <typename T>
+__device__ __forceinline__ T octet_value(const uint4& v, int r) {
+  T out;
+  memcpy(&out, reinterpret_cast<const char*>(&v) + sizeof(T) * r, sizeof out);
+  return out;
+}
+
+// 2^e as a float, e in [-126, 127].
+__device__ __forceinline__ float exp2i(int e) { return __int_as_float((127 + e) << 23); }
+
+// How x is read: rows of K (through perm under act-order) of one row of x.
+template <typename T>
+struct XReader {
+  const T* x;
+  int64_t stride_m;
+  int64_t stride_k;
+  const int32_t* perm;  // nullptr: identity
+  int K;
+  bool vector_x;     // 16-byte loads of 8 consecutive elements
+  bool vector_perm;  // 16-byte loads of perm
+
+  __device__ XReader(const T* x_, int64_t stride_m_, int64_t stride_k_, const int32_t* perm_, int K_)
+      : x(x_), stride_m(stride_m_), stride_k(stride_k_), perm(perm_), K(K_) {
+    vector_x = perm == nullptr && stride_k == 1 && stride_m % 8 == 0 &&
+               reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    vector_perm = perm != nullptr && reinterpret_cast<uintptr_t>(perm) % 16 == 0;
+  }
+
+  // x[row][k .. k + 7] (through perm), zeros past K, as 8 values of T in a uint4: one 16-byte
+  // load where x is contiguous, or two 16-byte loads of perm and 8 gathers.
+  __device__ __forceinline__ uint4 octet(int row, int k) const {
+    const T* at = x + row * stride_m;
+    if (vector_x && k + 8 <= K) return __ldg(reinterpret_cast<const uint4*>(at + k));
+    int src[8];
+    if (vector_perm && k + 8 <= K) {
+      const int4 a = __ldg(reinterpret_cast<const int4*>(perm + k));
+      const int4 b = __ldg(reinterpret_cast<const int4*>(perm + k + 4));
+      src[0] = a.x; src[1] = a.y; src[2] = a.z; src[3] = a.w;
+      src[4] = b.x; src[5] = b.y; src[6] = b.z; src[7] = b.w;
+    } else {
+#pragma unroll
+      for (int r = 0; r < 8; ++r) src[r] = k + r < K ? (perm != nullptr ? __ldg(perm + k + r) : k + r) : -1;
+    }
+    T h[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) h[r] = src[r] >= 0 ? at[static_cast<int64_t>(src[r]) * stride_k] : Io<T>::store(0.0f);
+    uint4 v;
+    memcpy(&v, h, sizeof v);
+    return v;
+  }
+};
+
+// kernel<<<grid, threads, 0, stream>>>(p), with programmatic stream serialization when
+// `pdl` (sm_90+): the kernel's blocks may start before the previous kernel ends.
+template <typename Kernel, typename P>
+cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, cudaStream_t stream, bool pdl,
+                          const P& p) {
+#ifdef FERRULE_GEMV_EMULATED
+  (void)threads; (void)stream; (void)pdl;
+  emulate_launch(kernel, grid, p);  // tests/emulation/cuda_host_shim.h: blocks on host threads
+  return cudaSuccess;
+#else
+#if FERRULE_GEMV_PDL
+  if (pdl) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(threads);
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, p);
+  }
+#else
+  (void)pdl;
+#endif
+  kernel<<<grid, threads, 0, stream>>>(p);
+  return cudaGetLastError();
+#endif
+}
+
+}  // namespace common
+}  // namespace ferrule_gemv

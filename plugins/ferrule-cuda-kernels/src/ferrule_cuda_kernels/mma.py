@@ -1,0 +1,48 @@
+"""``cuda-gptq-mma``: a CUDA C++ tensor-core kernel over GPTQ's own layout for 3 to 64 rows.
+
+``y = x[..., input_perm] @ W_sorted`` for 4-bit layers and float16 activations on sm_80+,
+reading ``qweight``, ``qzeros`` and ``scales`` as the layer holds them, like
+:mod:`ferrule_cuda_kernels.gemv` (the same extension, the same checks of the tensors). The
+kernel (``csrc/gptq_mma.cu``, whose header comment gives the fragment mapping) streams the
+weight once per 64 rows of ``x`` with 16-byte loads and multiplies on the tensor cores
+(``mma.sync`` m16n8k16, float32 sums): each thread's packed words are its A fragments once
+dequantized, so the weight never passes through shared memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ferrule_cuda_kernels.gemv import CudaGptqGemv
+
+
+class CudaGptqMma(CudaGptqGemv):
+    """``forward(x) = x @ W`` for a 4-bit ``QuantLinear`` and float16 ``x`` on a CUDA device."""
+
+    name = "cuda-gptq-mma"
+
+    def __init__(self, layer: torch.nn.Module):
+        if layer.bits != 4:
+            raise ValueError(f"cuda-gptq-mma serves 4-bit layers, not {layer.bits}-bit")
+        super().__init__(layer)
+        # 0: the kernel's plan chooses; benchmarks may force them.
+        self.warps_k = 0
+        self.splits = 0
+
+    def matmul(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float16:
+            raise TypeError(f"cuda-gptq-mma takes float16 activations, got {x.dtype}")
+        rows = x.reshape(-1, self.in_features)  # a view where it can be: the kernel takes strides
+        out = self.module.gptq_mma(
+            rows,
+            self.perm,
+            self.qweight,
+            self.qzeros,
+            self._scales_in(x.dtype),
+            self.counters,
+            self.group_size,
+            self.warps_k,
+            self.splits,
+        )
+        return out.reshape(*x.shape[:-1], self.out_features)

@@ -1,0 +1,119 @@
+"""The host emulation of the CUDA kernels (``emulation/cuda_host_shim.h``), built once a session.
+
+A host C++ compiler builds ``gptq_gemv.cu`` and ``gptq_mma.cu`` unchanged, each in its own
+translation unit after the shim, plus the entry points below that do what the torch binding
+does before a launch, into a library that the tests call through ctypes. It needs a C++20
+compiler and the CUDA headers (no GPU); where either is missing the tests that use it skip.
+"""
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ferrule_cuda_kernels import extension
+
+SHIM = Path(__file__).with_name("emulation") / "cuda_host_shim.h"
+KERNELS = ("gptq_gemv.cu", "gptq_mma.cu")
+ENTRY = """
+#include "gptq_gemv.h"
+
+namespace {
+ferrule_gemv::Problem problem(const void* x, int64_t stride_m, int64_t stride_k,
+                              const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
+                              const void* scales, void* out, float* workspace, int32_t* counters,
+                              int M, int K, int N, int group_size, int bits, int bf16) {
+  ferrule_gemv::Problem p{};
+  p.x = x; p.x_stride_m = stride_m; p.x_stride_k = stride_k; p.perm = perm;
+  p.qweight = qweight; p.qzeros = qzeros; p.scales = scales; p.out = out;
+  p.workspace = workspace; p.counters = counters;
+  p.M = M; p.K = K; p.N = N; p.group_size = group_size; p.bits = bits; p.bf16 = bf16 != 0;
+  return p;
+}
+}  // namespace
+
+extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
+                             const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
+                             const void* scales, void* out, float* workspace, int32_t* counters,
+                             int M, int K, int N, int group_size, int bits, int bf16,
+                             int num_sms, int64_t capacity, int* plan) {
+  auto p = problem(x, stride_m, stride_k, perm, qweight, qzeros, scales, out, workspace,
+                   counters, M, K, N, group_size, bits, bf16);
+  ferrule_gemv::plan(p, num_sms, capacity);
+  plan[0] = p.tile_rows; plan[1] = p.splits; plan[2] = p.units_per_split;
+  return workspace == nullptr ? 0 : static_cast<int>(ferrule_gemv::launch(p, nullptr));
+}
+
+// plan: in, warps_k and splits to force (0: choose); out, tokens, loads, warps_k, splits,
+// units_per_split.
+extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
+                            const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
+                            const void* scales, void* out, float* workspace, int32_t* counters,
+                            int M, int K, int N, int group_size, int num_sms, int64_t capacity,
+                            int* plan) {
+  auto p = problem(x, stride_m, stride_k, perm, qweight, qzeros, scales, out, workspace,
+                   counters, M, K, N, group_size, 4, 0);
+  p.warps_k = plan[0];
+  p.splits = plan[1];
+  ferrule_gemv::plan_mma(p, num_sms, capacity);
+  plan[0] = p.tokens; plan[1] = p.loads; plan[2] = p.warps_k; plan[3] = p.splits;
+  plan[4] = p.units_per_split;
+  return workspace == nullptr ? 0 : static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
+}
+"""
+
+
+def cuda_include() -> Path | None:
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        homes.append(str(Path(nvcc).resolve().parent.parent))
+    for home in filter(None, homes):
+        include = Path(home) / "include"
+        if (include / "cuda_runtime.h").exists() and (include / "cuda_fp16.h").exists():
+            return include
+    return None
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    include = cuda_include()
+    if compiler is None or include is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers")
+    folder = tmp_path_factory.mktemp("emulated_kernels")
+    units = []
+    for name in KERNELS:
+        unit = folder / f"{Path(name).stem}_emulated.cpp"
+        unit.write_text(f'#include "{SHIM}"\n#include "{extension.CSRC / name}"\n')
+        units.append(unit)
+    entry = folder / "entry.cpp"
+    entry.write_text(f'#include "{SHIM}"\n' + ENTRY)
+    library = folder / "libkernels_emulated.so"
+    done = subprocess.run(
+        [
+            compiler,
+            "-std=c++20",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            f"-I{include}",
+            f"-I{extension.CSRC}",
+            *map(str, units),
+            str(entry),
+            "-o",
+            str(library),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lib = ctypes.CDLL(str(library))
+    p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.emulated_gemv.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 7 + [i64, p]
+    lib.emulated_mma.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 5 + [i64, p]
+    return lib

@@ -1,0 +1,110 @@
+"""cuda-gptq-mma's CUDA source, run on the CPU against the float64 oracle.
+
+The ``emulator`` fixture (``conftest.py``) builds ``gptq_mma.cu`` unchanged on the host; the
+shim emulates ``mma.sync`` per warp from the PTX fragment layouts, so the kernel's fragment
+mapping (a thread's packed words are its A fragments, x octets permuted into B fragments),
+dequantization, warps sharing columns, split-K and the counter reset are all exercised. The
+GPU tests (``test_mma_gpu.py``) run the same cases on hardware.
+"""
+
+import ctypes
+
+import pytest
+import torch
+
+from ferrule_core.quant_linear import QuantLinear
+from ferrule_core.testing.kernels import (
+    TOLERANCE,
+    float64_reference,
+    random_gptq_tensors,
+    relative_error,
+)
+
+NUM_SMS = 4  # two resident blocks each (the shim's occupancy)
+
+
+def run(lib, layer: QuantLinear, x: torch.Tensor, warps_k: int = 0, splits: int = 0):
+    """``layer(x)`` by the emulated kernel, the way the binding calls it; and its plan."""
+    k, n = layer.in_features, layer.out_features
+    rows = x.reshape(-1, k)
+    group_size = k if layer.group_size == -1 else layer.group_size
+    scales = layer.scales.half().contiguous()
+    counters = torch.zeros(NUM_SMS * 8, dtype=torch.int32)
+    out = torch.full((rows.shape[0], n), float("nan"), dtype=torch.float16)
+
+    def call(workspace):
+        plan = (ctypes.c_int * 5)(warps_k, splits)
+        status = lib.emulated_mma(
+            rows.data_ptr(), rows.stride(0), rows.stride(1),
+            None if layer.input_perm is None else layer.input_perm.data_ptr(),
+            layer.qweight.data_ptr(), layer.qzeros.data_ptr(), scales.data_ptr(),
+            out.data_ptr(), workspace, counters.data_ptr(),
+            rows.shape[0], k, n, group_size, NUM_SMS, counters.numel(), plan,
+        )  # fmt: skip
+        return status, tuple(plan)
+
+    _, plan = call(None)  # plan only
+    workspace = torch.zeros(plan[3], rows.shape[0], n)
+    status, plan = call(workspace.data_ptr())
+    assert status == 0
+    assert not counters.any(), "the last block of each tile resets its counter"
+    return out.reshape(*x.shape[:-1], n), plan
+
+
+def sorted_layer(k, n, group_size, desc_act, sym, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    tensors = random_gptq_tensors(k, n, 4, group_size, desc_act=desc_act, sym=sym, generator=gen)
+    layer = QuantLinear.from_tensors(tensors, 4, group_size, desc_act=desc_act, sym=sym)
+    layer.sort_groups()  # as QuantLinear does for a sorted_groups kernel
+    return layer
+
+
+def check(lib, layer, x, **plan):
+    out, chosen = run(lib, layer, x, **plan)
+    err = relative_error(out, float64_reference(layer, x))
+    assert err < TOLERANCE["float16"], f"relative error {err:.2e} with plan {chosen}"
+    return chosen
+
+
+# (K, N, group_size, desc_act, sym, rows)
+CASES = [
+    (256, 128, 128, False, True, 3),  # 8-row tiles, one token row past M masked
+    (256, 256, 32, True, False, 16),  # act-order: x gathered through perm
+    (512, 96, 128, False, False, 24),  # 32-row tiles; a partial column strip
+    (160, 64, -1, True, True, 9),  # K not a whole number of units; 16-row tiles
+    (256, 64, 64, False, False, 64),  # 64-row tiles
+    (128, 64, 128, False, True, 70),  # two passes of 64 rows
+]
+
+
+@pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym", "rows"), CASES)
+def test_matches_the_float64_oracle(emulator, k, n, group_size, desc_act, sym, rows):
+    layer = sorted_layer(k, n, group_size, desc_act, sym, seed=k + n)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(1)).half()
+    check(emulator, layer, x)
+
+
+@pytest.mark.parametrize("warps_k", [1, 2, 8])
+def test_warps_sharing_columns_and_split_k(emulator, warps_k):
+    layer = sorted_layer(1024, 128, 128, True, False, seed=3)
+    x = torch.randn(12, 1024, generator=torch.Generator().manual_seed(2)).half()
+    plan = check(emulator, layer, x, warps_k=warps_k, splits=2)
+    assert plan[2] == warps_k and plan[3] == 2
+
+
+def test_strided_and_large_inputs(emulator):
+    layer = sorted_layer(256, 64, 128, False, False)
+    wide = torch.randn(5, 512).half()
+    check(emulator, layer, wide[:, ::2])  # no 16-byte loads of x
+    x = (torch.randn(4, 256) * 3e3).half()  # products near float16's range, sums in float32
+    check(emulator, layer, x)
+
+
+def test_plan(emulator):
+    layer = sorted_layer(2048, 256, 128, False, False)
+    _, plan = run(emulator, layer, torch.randn(16, 2048).half())
+    tokens, loads, warps_k, splits, per_split = plan
+    assert (tokens, loads) == (16, 2)
+    assert splits * per_split >= 2048 // 32 and per_split % warps_k == 0
+    _, plan = run(emulator, layer, torch.randn(40, 2048).half())
+    assert plan[:2] == (64, 1)

@@ -1,0 +1,105 @@
+"""cuda-gptq-mma on a CUDA device (sm_80+): the conformance kit, its plans, graphs, selection.
+
+The kit's layers are small; the larger ones below run every row tile (8, 16, 32, 64 rows and
+passes of 64), every forced split of the block's warps between columns and K, split-K over
+blocks, a partial column strip and a partial unit of rows, each twice to show the split-K
+counters are left at zero.
+"""
+
+import pytest
+import torch
+
+from ferrule_core import load_plugins
+from ferrule_core.quant_linear import QuantLinear
+from ferrule_core.testing import KernelConformance
+from ferrule_core.testing.kernels import (
+    TOLERANCE,
+    float64_reference,
+    random_gptq_tensors,
+    relative_error,
+)
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+        reason="needs an sm_80+ GPU",
+    ),
+]
+
+
+class TestCudaGptqMma(KernelConformance):
+    kernel = "cuda-gptq-mma"
+    device = "cuda"
+    dtypes = ("float16",)
+    batch_shapes = ((3,), (16,), (2, 4), (33,), (70,))
+
+
+def make_layer(k, n, group_size, *, desc_act=False, sym=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    tensors = random_gptq_tensors(k, n, 4, group_size, desc_act=desc_act, sym=sym, generator=gen)
+    layer = QuantLinear.from_tensors(
+        tensors, 4, group_size, desc_act=desc_act, sym=sym, kernel="cuda-gptq-mma",
+        registry=load_plugins(),
+    )  # fmt: skip
+    return layer.to("cuda")
+
+
+# (K, N, group_size, desc_act, sym): 4096 x 1000 ends on a partial column strip; K = 4104
+# per-channel on a partial unit of 32 rows.
+LARGE = [
+    (4096, 1000, 128, True, False),
+    (4104, 512, -1, False, True),
+    (1024, 4096, 32, False, False),
+    (8192, 2048, 128, False, False),
+]
+
+
+@pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym"), LARGE)
+def test_large_layers(k, n, group_size, desc_act, sym):
+    layer = make_layer(k, n, group_size, desc_act=desc_act, sym=sym)
+    gen = torch.Generator().manual_seed(1)
+    for rows in (3, 16, 24, 64, 130):
+        x = torch.randn(rows, k, generator=gen).half().cuda()
+        expected = float64_reference(layer, x)
+        for warps_k, splits in ((0, 0), (1, 1), (2, 3), (8, 2)):
+            with torch.no_grad():
+                layer(x)  # builds the kernel object on first use
+            layer._kernel.warps_k, layer._kernel.splits = warps_k, splits
+            with torch.no_grad():
+                first, second = layer(x), layer(x)
+            err = relative_error(first, expected)
+            assert err < TOLERANCE["float16"], f"{rows} rows, {warps_k, splits}: error {err:.2e}"
+            assert torch.equal(first, second), "a second call must not see the first's counters"
+    assert layer.kernel_spec.name == "cuda-gptq-mma"
+
+
+def test_cuda_graph_replay():
+    layer = make_layer(2048, 1024, 128, desc_act=True)
+    static = torch.randn(16, 2048, dtype=torch.float16, device="cuda")
+    with torch.no_grad():
+        layer(static)  # build the kernel (and the extension) before capturing
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            layer(static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layer(static)
+        for seed in range(3):
+            static.copy_(torch.randn(16, 2048, generator=torch.Generator().manual_seed(seed)))
+            graph.replay()
+            torch.cuda.synchronize()
+            err = relative_error(out, float64_reference(layer, static))
+            assert err < TOLERANCE["float16"]
+
+
+def test_preferred_for_small_batches():
+    registry = load_plugins()
+    tensors = random_gptq_tensors(512, 256, 4, 128)
+    layer = QuantLinear.from_tensors(tensors, 4, 128, registry=registry).to("cuda")
+    with torch.no_grad():
+        layer(torch.randn(16, 512, dtype=torch.float16, device="cuda"))
+    plan = {spec.name: (low, high) for low, high, spec, _ in layer._plan}
+    assert plan.get("cuda-gptq-mma") == (3, 64), plan
