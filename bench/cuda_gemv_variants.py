@@ -1,13 +1,15 @@
-"""Time builds of ``cuda-gptq-gemv`` with other compile-time constants, in one run on a GPU.
+"""Time builds of the CUDA extension with other compile-time constants, in one run on a GPU.
 
     python bench/cuda_gemv_variants.py NAME=FLAG[,FLAG...] ...
     python bench/cuda_gemv_variants.py s2=-DFERRULE_GEMV_STAGES=2,-DFERRULE_GEMV_MIN_BLOCKS=3
+    python bench/cuda_gemv_variants.py --kernel cuda-gptq-mma --rows 16,64 s3=-DFERRULE_MMA_STAGES=3
 
 Each ``NAME=FLAGS`` builds the extension's sources with those extra nvcc flags (the
-``FERRULE_GEMV_*`` macros at the top of ``csrc/gptq_gemv.cu``) into its own folder; then for
-each Llama-3-8B-shaped layer and row count it prints the ratio to fp16 ``torch.matmul`` of
-``triton-gptq``, the installed build (``base``) and every variant, timed as ``ferrule bench
-kernels`` times (CUDA-graph replays rotating over weight copies larger than L2).
+``FERRULE_GEMV_*`` macros at the top of ``csrc/gptq_gemv.cu``, ``FERRULE_MMA_*`` in
+``csrc/gptq_mma.cu``) into its own folder; then for each Llama-3-8B-shaped layer and row count
+it prints the ratio to fp16 ``torch.matmul`` of ``triton-gptq``, the installed build of
+``--kernel`` (``base``) and every variant, timed as ``ferrule bench kernels`` times
+(CUDA-graph replays rotating over weight copies larger than L2).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="*", metavar="NAME=FLAGS")
     parser.add_argument("--rows", default="1,2,3", help="row counts M (1,2,3)")
+    parser.add_argument(
+        "--kernel", default="cuda-gptq-gemv", choices=("cuda-gptq-gemv", "cuda-gptq-mma")
+    )
     args = parser.parse_args()
 
     import torch
@@ -61,7 +66,7 @@ def main() -> None:
 
     for k, n in SHAPES:
         copies = _copies(_w4_bytes(k, n, 1))
-        gemv = _quant_layers(k, n, copies, desc_act=False, kernel="cuda-gptq-gemv")
+        gemv = _quant_layers(k, n, copies, desc_act=False, kernel=args.kernel)
         triton = _quant_layers(k, n, copies, desc_act=False, kernel="triton-gptq")
         weights = [torch.randn(k, n, device="cuda", dtype=torch.float16) for _ in range(2)]
         for m in (int(v) for v in args.rows.split(",")):

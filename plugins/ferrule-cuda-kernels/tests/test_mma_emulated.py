@@ -92,6 +92,15 @@ def test_warps_sharing_columns_and_split_k(emulator, warps_k):
     assert plan[2] == warps_k and plan[3] == 2
 
 
+@pytest.mark.parametrize(("k", "rows"), [(2304, 16), (1024, 40)])
+def test_x_staged_in_several_chunks(emulator, k, rows):
+    """One split over all of K: 2048 rows of x a chunk at 16 rows, 512 at 64 (act-order)."""
+    layer = sorted_layer(k, 64, 128, True, False, seed=5)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(4)).half()
+    plan = check(emulator, layer, x, warps_k=2, splits=1)
+    assert plan[3] == 1
+
+
 def test_strided_and_large_inputs(emulator):
     layer = sorted_layer(256, 64, 128, False, False)
     wide = torch.randn(5, 512).half()

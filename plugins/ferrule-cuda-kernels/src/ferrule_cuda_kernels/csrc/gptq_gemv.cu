@@ -459,7 +459,8 @@ struct Kernel {
   static int occupancy() { return resident_blocks_per_sm<T, BITS, ROWS>(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kTileN - 1) / kTileN, p.splits, (p.M + ROWS - 1) / ROWS);
-    return common::launch_kernel(gptq_gemv_kernel<T, BITS, ROWS>, grid, kThreads, stream, p.pdl, p);
+    return common::launch_kernel(gptq_gemv_kernel<T, BITS, ROWS>, grid, kThreads, 0, stream, p.pdl,
+                                 p);
   }
 };
 

@@ -50,8 +50,15 @@ using common::half2_bits;
 using common::release_dependents;
 using common::wait_for_inputs;
 
+// Tuning knobs (-D overrides are for experiments, see bench/cuda_gemv_variants.py).
 #ifndef FERRULE_MMA_STAGES
 #define FERRULE_MMA_STAGES 2
+#endif
+#ifndef FERRULE_MMA_STAGE_OCTETS
+#define FERRULE_MMA_STAGE_OCTETS 4
+#endif
+#ifndef FERRULE_MMA_MIN_BLOCKS_64
+#define FERRULE_MMA_MIN_BLOCKS_64 1
 #endif
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
@@ -59,7 +66,21 @@ constexpr int kUnitWords = 4;   // word rows of one unit: 32 rows of K at 4 bits
 constexpr int kUnitRows = 32;
 constexpr int kStages = FERRULE_MMA_STAGES;  // units a warp holds in registers
 constexpr int kMinUnitsPerWarp = 4;
-constexpr int kMaxSplits = 4;
+constexpr int kStageOctets = FERRULE_MMA_STAGE_OCTETS;  // 16-byte loads of x a thread has in flight while staging
+
+// x is staged in shared memory a chunk of K at a time: [TOKENS][kChunkRows + kPad] float16,
+// each octet of 8 rows stored as the pairs (x_p, x_{p+4}) the B fragments take. The pad makes
+// the token stride 64 bytes past a multiple of 128, so the 16-byte reads of a quarter warp
+// (two tokens, 64 bytes each) fall in different banks.
+template <int TOKENS>
+constexpr int kChunkUnits = kStages * kWarps * (TOKENS <= 16 ? 4 : TOKENS == 32 ? 2 : 1);
+template <int TOKENS>
+constexpr int kChunkRows = kChunkUnits<TOKENS> * kUnitRows;
+constexpr int kPad = 32;
+template <int TOKENS>
+constexpr int kStride = kChunkRows<TOKENS> + kPad;
+template <int TOKENS>
+constexpr int kSharedBytes = TOKENS * kStride<TOKENS> * 2;
 
 // d += a b for one m16n8k16 tile: A row-major float16, B column-major float16, float32 sums.
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
@@ -100,15 +121,24 @@ struct Held {
 // Two blocks a multiprocessor (16 warps, at most 128 registers a thread) up to 32 rows; 64
 // rows need more registers for their sums and fragments (they spill at 128).
 template <int TOKENS>
-constexpr int kMinBlocks = TOKENS <= 32 ? 2 : 1;
+constexpr int kMinBlocks = TOKENS <= 32 ? 2 : FERRULE_MMA_MIN_BLOCKS_64;
 
 template <int TOKENS, int LOADS>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(const Problem p) {
   constexpr int kTiles = 2 * LOADS;       // 16-column MMA tiles of a warp
   constexpr int kTokenTiles = TOKENS / 8;  // 8-row MMA tiles of x
   constexpr int kWarpCols = 32 * LOADS;
-  // Sums of the warps that share columns, [TOKENS][columns of the block] at warps_k >= 2.
-  __shared__ __align__(16) float shared_sums[TOKENS * (kWarps / 2) * kWarpCols];
+  static_assert(kChunkUnits<TOKENS> % (kStages * kWarps) == 0, "a chunk is whole rounds of units");
+  // One buffer, used twice: the staged chunk of x, then the sums of the warps that share
+  // columns, [TOKENS][columns of the block] at warps_k >= 2.
+  static_assert(TOKENS * (kWarps / 2) * kWarpCols * 4 <= kSharedBytes<TOKENS>, "sums fit");
+#ifdef FERRULE_GEMV_EMULATED
+  __shared__ __align__(16) char smem[kSharedBytes<TOKENS>];
+#else
+  extern __shared__ __align__(16) char smem[];
+#endif
+  __half* const xs = reinterpret_cast<__half*>(smem);
+  float* const shared_sums = reinterpret_cast<float*>(smem);
   __shared__ bool last_block;
 
   const int tid = threadIdx.x;
@@ -167,20 +197,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
     }
   }
 
-  auto multiply = [&](const Held<LOADS>& h, int unit) {
-    // B fragments: x rows 8 c .. 8 c + 7 of this unit for row g of each 8-row tile, as the
-    // pairs (x_p, x_{p+4}), p = 0..3.
-    uint32_t xb[kTokenTiles][4];
+  // `octet` is the unit's first octet in the staged chunk.
+  auto multiply = [&](const Held<LOADS>& h, int octet) {
+    // B fragments: x rows 8 c .. 8 c + 7 of this unit for row g of each 8-row tile, staged as
+    // the pairs (x_p, x_{p+4}), p = 0..3.
+    uint4 xb[kTokenTiles];
 #pragma unroll
-    for (int u = 0; u < kTokenTiles; ++u) {
-      const int token = row0 + 8 * u + g;
-      const uint4 v = token < M ? reader.octet(token, unit * kUnitRows + 8 * c)
-                                : make_uint4(0u, 0u, 0u, 0u);
-      xb[u][0] = byte_perm(v.x, v.z, 0x5410);
-      xb[u][1] = byte_perm(v.x, v.z, 0x7632);
-      xb[u][2] = byte_perm(v.y, v.w, 0x5410);
-      xb[u][3] = byte_perm(v.y, v.w, 0x7632);
-    }
+    for (int u = 0; u < kTokenTiles; ++u)
+      xb[u] = *reinterpret_cast<const uint4*>(xs + (8 * u + g) * kStride<TOKENS> + 8 * (octet + c));
     // A fragments: the pairs (q_p - z) s, (q_{p+4} - z) s of each column's word.
     uint32_t wp[4 * LOADS][4];
     const __half2 sixteenth = bits_half2(0x2C002C00u);  // 1/16
@@ -211,27 +235,61 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
                                wp[2 * t + 1][2 * s + 1]};
 #pragma unroll
         for (int u = 0; u < kTokenTiles; ++u) {
-          const uint32_t b[2] = {xb[u][2 * s], xb[u][2 * s + 1]};
+          const uint32_t b[2] = {s == 0 ? xb[u].x : xb[u].z, s == 0 ? xb[u].y : xb[u].w};
           mma_16816(acc[t][u], a, b);
         }
       }
     }
   };
 
-  // Start streaming this warp's first units, then wait for x (PDL) and stream the rest.
+  // Start streaming this warp's first units before waiting on anything (PDL).
   Held<LOADS> held[kStages];
 #pragma unroll
   for (int s = 0; s < kStages; ++s) fetch(held[s], unit_begin + wk + s * warps_k);
-  wait_for_inputs();
-  for (int unit = unit_begin + wk; unit < unit_end; unit += kStages * warps_k) {
+  for (int chunk = unit_begin; chunk < unit_end; chunk += kChunkUnits<TOKENS>) {
+    const int chunk_end = min(chunk + kChunkUnits<TOKENS>, unit_end);
+    // Stage x[row0 .. row0 + TOKENS][chunk's rows] (through perm under act-order; zeros past
+    // M and K) in pair order.
+    wait_for_inputs();  // x (and the output's memory) may be the previous kernel's
+    __syncthreads();    // the previous chunk is done reading the buffer
+    const int octets = (chunk_end - chunk) * (kUnitRows / 8);
+    const int total = TOKENS * octets;
+    const int k0 = chunk * kUnitRows;
+    for (int base = 0; base < total; base += kThreads * kStageOctets) {
+      uint4 raw[kStageOctets];
 #pragma unroll
-    for (int s = 0; s < kStages; ++s) {
-      const int mine = unit + s * warps_k;  // uniform across the warp
-      if (mine < unit_end) multiply(held[s], mine);
-      fetch(held[s], mine + kStages * warps_k);
+      for (int j = 0; j < kStageOctets; ++j) {
+        const int i = base + j * kThreads + tid;
+        const int m = i / octets;
+        raw[j] = i < total && row0 + m < M ? reader.octet(row0 + m, k0 + 8 * (i - m * octets))
+                                           : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int j = 0; j < kStageOctets; ++j) {
+        const int i = base + j * kThreads + tid;
+        if (i >= total) continue;
+        const int m = i / octets;
+        const uint4 v = raw[j];
+        // (x0 x1)(x2 x3)(x4 x5)(x6 x7) -> (x0 x4)(x1 x5)(x2 x6)(x3 x7)
+        const uint4 pairs = make_uint4(byte_perm(v.x, v.z, 0x5410), byte_perm(v.x, v.z, 0x7632),
+                                       byte_perm(v.y, v.w, 0x5410), byte_perm(v.y, v.w, 0x7632));
+        *reinterpret_cast<uint4*>(xs + m * kStride<TOKENS> + 8 * (i - m * octets)) = pairs;
+      }
+    }
+    __syncthreads();
+    // Multiply each held unit and refill its registers with the unit kStages rounds on: no
+    // barrier until the chunk ends.
+    for (int unit = chunk + wk; unit < chunk_end; unit += kStages * warps_k) {
+#pragma unroll
+      for (int s = 0; s < kStages; ++s) {
+        const int mine = unit + s * warps_k;  // uniform across the warp
+        if (mine < chunk_end) multiply(held[s], (mine - chunk) * (kUnitRows / 8));
+        fetch(held[s], mine + kStages * warps_k);
+      }
     }
   }
   release_dependents();  // the next kernel may start loading its weights
+  __syncthreads();  // the buffer is free for the sums
 
   // Element e of acc[t][u]: column 2 t + e / 2 of the list, row 8 u + 2 c + e % 2 of the tile.
   auto local = [&](int t, int u, int e) {
@@ -304,11 +362,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
 
 template <int TOKENS, int LOADS>
 struct Kernel {
+  // More than 48 KB of dynamic shared memory must be allowed once per kernel.
+  static cudaError_t allow_shared() {
+#ifdef FERRULE_GEMV_EMULATED
+    return cudaSuccess;
+#else
+    static const cudaError_t status = cudaFuncSetAttribute(
+        gptq_mma_kernel<TOKENS, LOADS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        kSharedBytes<TOKENS>);
+    return status;
+#endif
+  }
   static int occupancy() {
     static const int blocks = [] {
       int n = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gptq_mma_kernel<TOKENS, LOADS>,
-                                                        kThreads, 0) != cudaSuccess) {
+      if (allow_shared() != cudaSuccess ||
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gptq_mma_kernel<TOKENS, LOADS>,
+                                                        kThreads, kSharedBytes<TOKENS>) !=
+              cudaSuccess) {
         cudaGetLastError();  // clear it; assume one block
         n = 1;
       }
@@ -319,7 +390,9 @@ struct Kernel {
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const int block_cols = kWarps / p.warps_k * 32 * LOADS;
     const dim3 grid((p.N + block_cols - 1) / block_cols, p.splits, (p.M + TOKENS - 1) / TOKENS);
-    return common::launch_kernel(gptq_mma_kernel<TOKENS, LOADS>, grid, kThreads, stream, p.pdl, p);
+    if (const cudaError_t status = allow_shared(); status != cudaSuccess) return status;
+    return common::launch_kernel(gptq_mma_kernel<TOKENS, LOADS>, grid, kThreads,
+                                 kSharedBytes<TOKENS>, stream, p.pdl, p);
   }
 };
 
@@ -360,13 +433,17 @@ void plan_mma(Problem& p, int num_sms, int64_t counter_capacity) {
     return std::max<int64_t>(1, std::min(fill, most));
   };
   if (p.warps_k != 1 && p.warps_k != 2 && p.warps_k != 4 && p.warps_k != 8) {
-    // The fewest warps on K (the widest column tiles, so x is read the fewest times) whose
-    // split-K stays at kMaxSplits or below.
-    p.warps_k = kWarps;
-    for (int wk = 1; wk < kWarps; wk *= 2) {
-      if (splits_for(wk) <= kMaxSplits) {
+    // What a block reads besides the weight, relative to the weight it reads: x staged once
+    // per column block (2 M bytes a row against block_cols / 2) and the float32 partial sums
+    // of split-K written and read (8 M bytes a column per split against K / 2). Take the
+    // warps_k with the least.
+    double best = 0.0;
+    for (int wk = 1; wk <= kWarps; wk *= 2) {
+      const double block_cols = 32.0 * p.loads * (kWarps / wk);
+      const double cost = 4.0 * p.tokens / block_cols + splits_for(wk) * 8.0 * p.tokens / p.K;
+      if (wk == 1 || cost < best) {
+        best = cost;
         p.warps_k = wk;
-        break;
       }
     }
   }

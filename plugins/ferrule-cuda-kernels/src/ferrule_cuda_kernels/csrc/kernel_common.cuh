@@ -133,13 +133,13 @@ struct XReader {
   }
 };
 
-// kernel<<<grid, threads, 0, stream>>>(p), with programmatic stream serialization when
-// `pdl` (sm_90+): the kernel's blocks may start before the previous kernel ends.
+// kernel<<<grid, threads, shared_bytes, stream>>>(p), with programmatic stream serialization
+// when `pdl` (sm_90+): the kernel's blocks may start before the previous kernel ends.
 template <typename Kernel, typename P>
-cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, cudaStream_t stream, bool pdl,
-                          const P& p) {
+cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, int shared_bytes,
+                          cudaStream_t stream, bool pdl, const P& p) {
 #ifdef FERRULE_GEMV_EMULATED
-  (void)threads; (void)stream; (void)pdl;
+  (void)threads; (void)shared_bytes; (void)stream; (void)pdl;
   emulate_launch(kernel, grid, p);  // tests/emulation/cuda_host_shim.h: blocks on host threads
   return cudaSuccess;
 #else
@@ -148,6 +148,7 @@ cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, cudaStream_t st
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = shared_bytes;
     config.stream = stream;
     cudaLaunchAttribute attribute[1];
     attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -159,7 +160,7 @@ cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, cudaStream_t st
 #else
   (void)pdl;
 #endif
-  kernel<<<grid, threads, 0, stream>>>(p);
+  kernel<<<grid, threads, shared_bytes, stream>>>(p);
   return cudaGetLastError();
 #endif
 }
