@@ -101,6 +101,17 @@ def test_split_k_and_row_tiles_are_planned(emulator):
     assert plan == (1, 1, 264)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_act_order_row_gathered_from_shared_memory(emulator, stride):
+    """One float16 row under act-order: x is copied whole to shared memory and gathered there
+    (16-byte loads when contiguous, else one by one)."""
+    layer = sorted_layer(1024, 128, 4, 128, True, False, seed=7)
+    wide = torch.randn(1, 1024 * stride, generator=torch.Generator().manual_seed(3)).half()
+    x = wide[:, ::stride]
+    out, _ = run(emulator, layer, x, torch.float16)
+    assert relative_error(out, float64_reference(layer, x)) < TOLERANCE["float16"]
+
+
 def test_strided_input_and_extreme_magnitudes(emulator):
     layer = sorted_layer(256, 64, 4, 128, False, False)
     wide = torch.randn(5, 512).half()

@@ -102,4 +102,4 @@ def test_preferred_for_small_batches():
     with torch.no_grad():
         layer(torch.randn(16, 512, dtype=torch.float16, device="cuda"))
     plan = {spec.name: (low, high) for low, high, spec, _ in layer._plan}
-    assert plan.get("cuda-gptq-mma") == (3, 64), plan
+    assert plan.get("cuda-gptq-mma") == (3, 8), plan

@@ -1,12 +1,14 @@
-"""``cuda-gptq-mma``: a CUDA C++ tensor-core kernel over GPTQ's own layout for 3 to 64 rows.
+"""``cuda-gptq-mma``: a CUDA C++ tensor-core kernel over GPTQ's own layout for a few rows.
 
 ``y = x[..., input_perm] @ W_sorted`` for 4-bit layers and float16 activations on sm_80+,
 reading ``qweight``, ``qzeros`` and ``scales`` as the layer holds them, like
 :mod:`ferrule_cuda_kernels.gemv` (the same extension, the same checks of the tensors). The
 kernel (``csrc/gptq_mma.cu``, whose header comment gives the fragment mapping) streams the
-weight once per 64 rows of ``x`` with 16-byte loads and multiplies on the tensor cores
-(``mma.sync`` m16n8k16, float32 sums): each thread's packed words are its A fragments once
-dequantized, so the weight never passes through shared memory.
+weight once per 8, 16, 32 or 64 rows of ``x`` with 16-byte loads and multiplies on the tensor
+cores (``mma.sync`` m16n8k16, float32 sums): each thread's packed words are its A fragments
+once dequantized, so the weight never passes through shared memory; ``x`` is staged there
+(gathered through ``input_perm`` under act-order). Correct at any batch; preferred for 3 to 8
+rows, where it beats triton-gptq on an H100.
 """
 
 from __future__ import annotations

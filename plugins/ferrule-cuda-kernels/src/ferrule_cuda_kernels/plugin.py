@@ -8,7 +8,7 @@ import torch when selection calls them.
   (needs the CUDA toolkit's nvcc and ninja, see :mod:`ferrule_cuda_kernels.extension`); where
   it cannot, it refuses with the reason and selection moves on.
 - ``cuda-gptq-mma``: 4-bit layers, float16, sm_80+, a CUDA C++ tensor-core kernel on the same
-  layout and extension, preferred for 3 to 64 input rows.
+  layout and extension, preferred for 3 to 8 input rows.
 - ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
   activations, sm_80+; a candidate the benchmarks compare.
 
@@ -106,14 +106,16 @@ def ferrule_register_kernels():
             min_capability=(8, 0),
             priority=MMA_PRIORITY,
             check=check_mma,
-            preferred_rows=(3, 64),
+            # 3-8 rows: 2.1-2.6x fp16 on the large Llama layers against triton-gptq's
+            # 1.8-1.9x (H100, 2026-11-27); from 16 rows triton-gptq is as fast or faster.
+            preferred_rows=(3, 8),
             sorted_groups=True,
             description=(
-                "CUDA C++ tensor-core kernel (mma.sync) on GPTQ's own layout, preferred for 3-64 "
-                "rows (any batch, in passes of 64): each warp streams its own 16-byte weight "
-                "loads as A fragments, split-K, float32 sums, programmatic dependent launch on "
-                "sm_90+; group sizes that are multiples of 32, or -1; compiled on first use "
-                "(nvcc)"
+                "CUDA C++ tensor-core kernel (mma.sync) on GPTQ's own layout, preferred for 3-8 "
+                "rows (any batch, in passes of up to 64): each warp streams its own 16-byte "
+                "weight loads as A fragments, x staged in shared memory, split-K, float32 sums, "
+                "programmatic dependent launch on sm_90+; group sizes that are multiples of 32, "
+                "or -1; compiled on first use (nvcc)"
             ),
         ),
         KernelSpec(

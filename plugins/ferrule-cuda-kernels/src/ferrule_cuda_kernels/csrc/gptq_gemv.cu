@@ -114,7 +114,19 @@ struct Unit {
   uint32_t zeros;  // the packed zero-point word, shifted to this thread's first column
 };
 
-template <typename T, int BITS, int ROWS>
+// Act-order at one row of float16 x with 4-bit codes (decode) has its own kernel, whose
+// shared memory also holds the whole row of x (up to kGatherRowMax values): the chunk gathers
+// from there rather than from global memory, where 8 scattered 2-byte loads an octet
+// serialize in L1 (H100, M = 1: act-order 2-7% slower than in-order, was 6-15%). The larger
+// buffer would cost the in-order kernel L1 space (2-4% slower), hence the separate instance.
+constexpr int kGatherRowMax = 14336;
+
+inline bool gathers_row(const Problem& p) {
+  return p.perm != nullptr && !p.bf16 && p.bits == 4 && p.tile_rows == 1 &&
+         p.K <= kGatherRowMax && reinterpret_cast<uintptr_t>(p.perm) % 16 == 0;
+}
+
+template <typename T, int BITS, int ROWS, bool GATHER_ROW = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(const Problem p) {
   using C = Codes<BITS>;
   constexpr int kChunkK = kChunkRows<ROWS>;
@@ -122,11 +134,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   static_assert(kChunkK >= kWarps * kTileN, "the chunk buffer holds the block's reduction");
   // One buffer, used twice: a chunk of x [ROWS][kChunkK], then the per-warp partial sums
   // [kWarps][ROWS][kTileN] for the block's reduction.
-  __shared__ __align__(16) float smem[ROWS * kChunkK];
-  __shared__ bool last_block;
-  __shared__ float warp_max[kWarps];
   // float16 x with 4-bit codes takes the half2 path; the rest the float32 path.
   constexpr bool kHalf2 = std::is_same<T, __half>::value && BITS == 4;
+  // GATHER_ROW: the whole row of x is copied to shared memory after the staged chunk
+  // (float16), and the chunk gathers from it (see kGatherRowMax).
+  static_assert(!GATHER_ROW || (ROWS == 1 && kHalf2), "the row copy is for one float16 row");
+  constexpr int kRawRows = GATHER_ROW ? kGatherRowMax : 0;
+  constexpr int kSmemFloats =
+      ROWS * kChunkK > kChunkK / 2 + kRawRows / 2 ? ROWS * kChunkK : kChunkK / 2 + kRawRows / 2;
+  __shared__ __align__(16) float smem[kSmemFloats];
+  __shared__ bool last_block;
+  __shared__ float warp_max[kWarps];
 
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ scales = static_cast<const T*>(p.scales);
@@ -178,6 +196,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   // x[row0 + m][k .. k + 7] (through perm), zeros past K, as 8 values of T in a uint4.
   const common::XReader<T> reader(x, p.x_stride_m, p.x_stride_k, p.perm, p.K);
   auto load_octet = [&](int m, int k) { return reader.octet(row0 + m, k); };
+  constexpr bool from_raw = GATHER_ROW;  // gathers_row() checked perm, K and alignment
+  const __half* raw_x = reinterpret_cast<const __half*>(smem) + kChunkK;
+  auto gather_raw = [&](const int4& a, const int4& b) {
+    const int src[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    __half h[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) h[r] = raw_x[src[r]];
+    uint4 v;
+    memcpy(&v, h, sizeof v);
+    return v;
+  };
 
   float acc[ROWS][4];
 #pragma unroll
@@ -317,11 +346,36 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     //    float32 pre-scaled by 2^-(bit offset in its half), or for the half2 path as float16
     //    in the order the codes are unpacked (pairs (k + i, k + i + 4) of each word's 8
     //    rows), noting the largest |x|.
-    wait_for_inputs();  // x (and the output's memory) may be the previous kernel's
-    __syncthreads();    // the previous chunk is done reading the buffer
     const int k0 = chunk * C::kUnitK;
     const int octets = (chunk_end - chunk) * C::kUnitK / 8;  // a unit is 16 or 32 rows
     const int total = rows * octets;
+    // Act-order: the first round's perm octets load before the wait (perm is the layer's),
+    // so only the gathers of x wait on the previous kernel.
+    int4 early[kStageOctets][2];
+    if (GATHER_ROW || reader.vector_perm) {  // GATHER_ROW: checked by gathers_row()
+#pragma unroll
+      for (int j = 0; j < kStageOctets; ++j) {
+        const int i = j * kThreads + tid;
+        const int m = i / octets;
+        const int k = k0 + 8 * (i - m * octets);
+        if (i < total && reader.whole_perm_octet(k)) reader.sources(k, early[j][0], early[j][1]);
+      }
+    }
+    wait_for_inputs();  // x (and the output's memory) may be the previous kernel's
+    __syncthreads();    // the previous chunk is done reading the buffer
+    if constexpr (from_raw) {
+      if (chunk == unit_begin) {  // the row of x, once: 16-byte loads where it can
+        const __half* row = reinterpret_cast<const __half*>(x) + row0 * p.x_stride_m;
+        __half* to = reinterpret_cast<__half*>(smem) + kChunkK;
+        if (p.x_stride_k == 1 && reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+          for (int i = tid; i < p.K / 8; i += kThreads)
+            reinterpret_cast<uint4*>(to)[i] = __ldg(reinterpret_cast<const uint4*>(row) + i);
+        } else {
+          for (int i = tid; i < p.K; i += kThreads) to[i] = row[static_cast<int64_t>(i) * p.x_stride_k];
+        }
+        __syncthreads();
+      }
+    }
     float largest = 0.0f;
     for (int base = 0; base < total; base += kThreads * kStageOctets) {
       uint4 raw[kStageOctets];  // 8 values of T
@@ -329,7 +383,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
       for (int j = 0; j < kStageOctets; ++j) {
         const int i = base + j * kThreads + tid;
         const int m = i / octets;
-        raw[j] = i < total ? load_octet(m, k0 + 8 * (i - m * octets)) : make_uint4(0u, 0u, 0u, 0u);
+        const int k = k0 + 8 * (i - m * octets);
+        if (i >= total) {
+          raw[j] = make_uint4(0u, 0u, 0u, 0u);
+        } else if (from_raw) {
+          int4 a = early[j][0], b = early[j][1];
+          if (base != 0) reader.sources(k, a, b);
+          raw[j] = gather_raw(a, b);
+        } else if (base == 0 && reader.whole_perm_octet(k)) {
+          raw[j] = reader.gather(row0 + m, early[j][0], early[j][1]);
+        } else {
+          raw[j] = load_octet(m, k);
+        }
       }
 #pragma unroll
       for (int j = 0; j < kStageOctets; ++j) {
@@ -440,11 +505,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   if (tid == 0) p.counters[tile] = 0;  // ready for the next launch
 }
 
-template <typename T, int BITS, int ROWS>
+template <typename T, int BITS, int ROWS, bool GATHER_ROW>
 int resident_blocks_per_sm() {
   static const int blocks = [] {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gptq_gemv_kernel<T, BITS, ROWS>,
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>,
                                                       kThreads, 0) != cudaSuccess) {
       cudaGetLastError();  // clear it; assume one block
       n = 1;
@@ -454,17 +519,18 @@ int resident_blocks_per_sm() {
   return blocks;
 }
 
-template <typename T, int BITS, int ROWS>
+template <typename T, int BITS, int ROWS, bool GATHER_ROW = false>
 struct Kernel {
-  static int occupancy() { return resident_blocks_per_sm<T, BITS, ROWS>(); }
+  static int occupancy() { return resident_blocks_per_sm<T, BITS, ROWS, GATHER_ROW>(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kTileN - 1) / kTileN, p.splits, (p.M + ROWS - 1) / ROWS);
-    return common::launch_kernel(gptq_gemv_kernel<T, BITS, ROWS>, grid, kThreads, 0, stream, p.pdl,
-                                 p);
+    return common::launch_kernel(gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>, grid, kThreads, 0,
+                                 stream, p.pdl, p);
   }
 };
 
-// Calls F::template run<Kernel<T, BITS, ROWS>>() for the problem's dtype, bits and tile rows.
+// Calls F::template run<Kernel<T, BITS, ROWS>>() for the problem's dtype, bits and tile rows
+// (tile_rows set: plan() dispatches for the occupancy after choosing them).
 template <typename F>
 auto dispatch(const Problem& p, F&& f) {
 #define FERRULE_ROWS(T, BITS)                                   \
@@ -478,7 +544,10 @@ auto dispatch(const Problem& p, F&& f) {
     if (p.bits == 4) { FERRULE_ROWS(__nv_bfloat16, 4) }
     FERRULE_ROWS(__nv_bfloat16, 8)
   }
-  if (p.bits == 4) { FERRULE_ROWS(__half, 4) }
+  if (p.bits == 4) {
+    if (gathers_row(p)) return f(Kernel<__half, 4, 1, true>{});
+    FERRULE_ROWS(__half, 4)
+  }
   FERRULE_ROWS(__half, 8)
 #undef FERRULE_ROWS
 }

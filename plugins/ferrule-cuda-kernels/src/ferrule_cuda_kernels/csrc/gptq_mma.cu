@@ -1,8 +1,8 @@
-// cuda-gptq-mma: y = x @ W for 3 to 64 rows of float16 x and a GPTQ 4-bit weight, read in place,
-// on the tensor cores (mma.sync m16n8k16, sm_80+).
+// cuda-gptq-mma: y = x @ W for a few rows of float16 x and a GPTQ 4-bit weight, read in place,
+// on the tensor cores (mma.sync m16n8k16, sm_80+). Rows go in tiles of 8, 16, 32 or 64.
 //
-// Why a streaming kernel. Up to a few dozen rows the product is still bound by reading the
-// weight, like the GEMV: every word must be read once per call with 16-byte loads and every
+// Why a streaming kernel. With a few rows the product is still bound by reading the weight,
+// like the GEMV: every word must be read once per call with 16-byte loads and every
 // multiprocessor kept streaming, and the tensor cores only have to keep up. So the work is
 // split like cuda-gptq-gemv's, not like a GEMM's: each warp streams its own units of the
 // weight (32 rows of K by 32 or 64 columns) with no barrier, holding the next units in
@@ -18,18 +18,28 @@
 // step s takes the code pairs (2 s, 2 s + 4) and (2 s + 1, 2 s + 5), which is what one LOP3
 // makes: (w & 0x000F000F) | 0x64006400 is the float16 pair (1024 + q0, 1024 + q4), mask
 // 0x00F000F0 gives (1024 + 16 q1, 1024 + 16 q5), and w >> 8 the other two pairs. One HSUB2
-// (or HFMA2 by 1/16 for the 16 q pairs) subtracts the zero point exactly and one HMUL2 applies
-// the scale: the weight rounds once to float16, as a dequantize-then-matmul does. The B
-// operand (x^T, 8 rows of x a tile) must use the same K order: thread c of row g loads x's
-// 8 values at rows 8 c .. 8 c + 7 with one 16-byte load (L1-cached: the block's warps share
-// them) and two PRMTs make each pair (x_p, x_{p+4}). No shared memory is touched until the
-// epilogue; accumulation is float32 in the MMA.
+// (or HFMA2 by 1/16 for the 16 q pairs) subtracts the zero point, exactly: the fragments hold
+// the integers q - z. Up to 16 rows the scale multiplies each unit's float32 sums (one FFMA a
+// sum, fewer instructions than scaling the weights there, and no rounding of the weight);
+// from 32 rows one HMUL2 a pair scales the weight instead, which then rounds once to float16
+// as a dequantize-then-matmul does. Instructions per unit, not bandwidth, bound this kernel on
+// an H100 (ncu: issue slots ~45% busy, integer pipe the busiest), so each one counts.
+//
+// x (the B operand, x^T, 8 rows of x a tile) is staged in shared memory by the whole block, a
+// chunk of K at a time (gathered through perm under act-order), each octet of 8 rows as the
+// pairs (x_p, x_{p+4}) the fragments take: thread c of row g then reads its B fragments for a
+// unit with one 16-byte load. (Read from global memory by every warp instead, x cost as much
+// traffic as the weight from 16 rows on.) Accumulation is float32 in the MMA.
 //
 // A block is 8 warps: warps_k of them split the block's K range (unit w, w + warps_k, ...),
 // the others take side-by-side column strips. Warps that share columns add their sums in
 // shared memory at the end; then, when K is split across blocks (splits > 1), the partial
 // sums go to a float32 workspace and the last block of a tile to finish (an atomic counter)
 // adds them and writes the output, as in cuda-gptq-gemv. plan_mma picks warps_k and splits.
+//
+// Tried on an H100 and not kept: the weight (and scales) streamed through a cp.async ring in
+// shared memory, 3 to 10 units deep, instead of 2 units held in registers: 10-20% slower at
+// any depth.
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

@@ -109,24 +109,44 @@ struct XReader {
     vector_perm = perm != nullptr && reinterpret_cast<uintptr_t>(perm) % 16 == 0;
   }
 
+  // Whether octet() at k reads perm with two 16-byte loads, which sources() can issue early.
+  __device__ __forceinline__ bool whole_perm_octet(int k) const { return vector_perm && k + 8 <= K; }
+
+  // perm[k .. k + 7] (a whole_perm_octet): x's columns for stored rows k .. k + 7. perm belongs
+  // to the layer, so this may run before the previous kernel has finished (PDL).
+  __device__ __forceinline__ void sources(int k, int4& a, int4& b) const {
+    a = __ldg(reinterpret_cast<const int4*>(perm + k));
+    b = __ldg(reinterpret_cast<const int4*>(perm + k + 4));
+  }
+
+  // x[row][src], 8 of them, as 8 values of T in a uint4.
+  __device__ __forceinline__ uint4 gather(int row, const int4& a, const int4& b) const {
+    const T* at = x + row * stride_m;
+    const int src[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    T h[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) h[r] = at[static_cast<int64_t>(src[r]) * stride_k];
+    uint4 v;
+    memcpy(&v, h, sizeof v);
+    return v;
+  }
+
   // x[row][k .. k + 7] (through perm), zeros past K, as 8 values of T in a uint4: one 16-byte
   // load where x is contiguous, or two 16-byte loads of perm and 8 gathers.
   __device__ __forceinline__ uint4 octet(int row, int k) const {
     const T* at = x + row * stride_m;
     if (vector_x && k + 8 <= K) return __ldg(reinterpret_cast<const uint4*>(at + k));
-    int src[8];
-    if (vector_perm && k + 8 <= K) {
-      const int4 a = __ldg(reinterpret_cast<const int4*>(perm + k));
-      const int4 b = __ldg(reinterpret_cast<const int4*>(perm + k + 4));
-      src[0] = a.x; src[1] = a.y; src[2] = a.z; src[3] = a.w;
-      src[4] = b.x; src[5] = b.y; src[6] = b.z; src[7] = b.w;
-    } else {
-#pragma unroll
-      for (int r = 0; r < 8; ++r) src[r] = k + r < K ? (perm != nullptr ? __ldg(perm + k + r) : k + r) : -1;
+    if (whole_perm_octet(k)) {
+      int4 a, b;
+      sources(k, a, b);
+      return gather(row, a, b);
     }
     T h[8];
 #pragma unroll
-    for (int r = 0; r < 8; ++r) h[r] = src[r] >= 0 ? at[static_cast<int64_t>(src[r]) * stride_k] : Io<T>::store(0.0f);
+    for (int r = 0; r < 8; ++r) {
+      const int src = k + r < K ? (perm != nullptr ? __ldg(perm + k + r) : k + r) : -1;
+      h[r] = src >= 0 ? at[static_cast<int64_t>(src) * stride_k] : Io<T>::store(0.0f);
+    }
     uint4 v;
     memcpy(&v, h, sizeof v);
     return v;
