@@ -19,6 +19,8 @@ from ferrule_cuda_kernels import extension
 SHIM = Path(__file__).with_name("emulation") / "cuda_host_shim.h"
 KERNELS = ("gptq_gemv.cu", "gptq_mma.cu")
 ENTRY = """
+#include <vector>
+
 #include "gptq_gemv.h"
 
 namespace {
@@ -61,7 +63,15 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   ferrule_gemv::plan_mma(p, num_sms, capacity);
   plan[0] = p.tokens; plan[1] = p.loads; plan[2] = p.warps_k; plan[3] = p.splits;
   plan[4] = p.units_per_split;
-  return workspace == nullptr ? 0 : static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
+  if (workspace == nullptr) return 0;
+  // As the binding: act-order layers gather x through perm first.
+  std::vector<uint16_t> gathered;
+  if (perm != nullptr) {
+    gathered.resize(static_cast<size_t>(M) * K);
+    if (ferrule_gemv::gather_rows(p, gathered.data(), nullptr) != cudaSuccess) return 1;
+    p.x = gathered.data(); p.x_stride_m = K; p.x_stride_k = 1; p.perm = nullptr;
+  }
+  return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
 """
 

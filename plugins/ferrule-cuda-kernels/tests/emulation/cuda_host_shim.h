@@ -130,9 +130,9 @@ inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint
   emulation::warp_barrier[warp]->arrive_and_wait();
 }
 
-// Replaces `kernel<<<grid, 256, 0, stream>>>(p)`.
-template <class Kernel, class Problem>
-void emulate_launch(Kernel kernel, dim3 grid, const Problem& p) {
+// Replaces `kernel<<<grid, 256, shared, stream>>>(args...)`.
+template <class Kernel, class... Args>
+void emulate_launch(Kernel kernel, dim3 grid, const Args&... args) {
   gridDim = grid;
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
@@ -149,7 +149,7 @@ void emulate_launch(Kernel kernel, dim3 grid, const Problem& p) {
           threads.emplace_back([&, t] {
             threadIdx = dim3(t, 0, 0);
             blockIdx = dim3(x, y, z);
-            kernel(p);
+            kernel(args...);
           });
         }
         for (auto& thread : threads) thread.join();

@@ -158,6 +158,18 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
   TORCH_CHECK(capability_major() >= 8, "cuda-gptq-mma: needs sm_80 or later (mma.sync)");
   p.warps_k = static_cast<int>(warps_k);
   p.splits = static_cast<int>(splits);
+  torch::Tensor gathered;  // act-order: x[:, perm] once, rather than in every block
+  if (p.perm != nullptr && p.M > 0) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    gathered = torch::empty({x.size(0), x.size(1)}, x.options());
+    p.pdl = capability_major() >= 9;
+    C10_CUDA_CHECK(ferrule_gemv::gather_rows(p, gathered.data_ptr(),
+                                             c10::cuda::getCurrentCUDAStream().stream()));
+    p.x = gathered.data_ptr();
+    p.x_stride_m = x.size(1);
+    p.x_stride_k = 1;
+    p.perm = nullptr;
+  }
   return run(p, x, counters, ferrule_gemv::plan_mma, ferrule_gemv::launch_mma);
 }
 

@@ -56,5 +56,8 @@ cudaError_t launch(const Problem& p, cudaStream_t stream);
 // group_shift, tokens, loads, warps_k (unless set), splits (unless set) and units_per_split.
 void plan_mma(Problem& p, int num_sms, int64_t counter_capacity);
 cudaError_t launch_mma(const Problem& p, cudaStream_t stream);
+// out [M, K] = x[:, perm] (float16): act-order layers gather x once before launch_mma, which
+// then reads `out` without perm.
+cudaError_t gather_rows(const Problem& p, void* out, cudaStream_t stream);
 
 }  // namespace ferrule_gemv

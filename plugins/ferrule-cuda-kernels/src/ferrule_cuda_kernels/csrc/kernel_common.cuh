@@ -153,14 +153,14 @@ struct XReader {
   }
 };
 
-// kernel<<<grid, threads, shared_bytes, stream>>>(p), with programmatic stream serialization
+// kernel<<<grid, threads, shared_bytes, stream>>>(args...), with programmatic stream serialization
 // when `pdl` (sm_90+): the kernel's blocks may start before the previous kernel ends.
-template <typename Kernel, typename P>
+template <typename Kernel, typename... Args>
 cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, int shared_bytes,
-                          cudaStream_t stream, bool pdl, const P& p) {
+                          cudaStream_t stream, bool pdl, const Args&... args) {
 #ifdef FERRULE_GEMV_EMULATED
   (void)threads; (void)shared_bytes; (void)stream; (void)pdl;
-  emulate_launch(kernel, grid, p);  // tests/emulation/cuda_host_shim.h: blocks on host threads
+  emulate_launch(kernel, grid, args...);  // tests/emulation/cuda_host_shim.h: host threads
   return cudaSuccess;
 #else
 #if FERRULE_GEMV_PDL
@@ -175,12 +175,12 @@ cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, int shared_byte
     attribute[0].val.programmaticStreamSerializationAllowed = 1;
     config.attrs = attribute;
     config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, kernel, p);
+    return cudaLaunchKernelEx(&config, kernel, args...);
   }
 #else
   (void)pdl;
 #endif
-  kernel<<<grid, threads, shared_bytes, stream>>>(p);
+  kernel<<<grid, threads, shared_bytes, stream>>>(args...);
   return cudaGetLastError();
 #endif
 }
