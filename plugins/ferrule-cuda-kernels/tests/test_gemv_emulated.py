@@ -101,12 +101,12 @@ def test_split_k_and_row_tiles_are_planned(emulator):
     assert plan == (1, 1, 264)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_act_order_row_gathered_from_shared_memory(emulator, stride):
+@pytest.mark.parametrize(("k", "stride"), [(1024, 1), (1024, 2), (9216, 1)])
+def test_act_order_row_gathered_from_shared_memory(emulator, k, stride):
     """One float16 row under act-order: x is copied whole to shared memory and gathered there
-    (16-byte loads when contiguous, else one by one)."""
-    layer = sorted_layer(1024, 128, 4, 128, True, False, seed=7)
-    wide = torch.randn(1, 1024 * stride, generator=torch.Generator().manual_seed(3)).half()
+    (16-byte loads when contiguous, else one by one), up to a longer row."""
+    layer = sorted_layer(k, 128, 4, 128, True, False, seed=7)
+    wide = torch.randn(1, k * stride, generator=torch.Generator().manual_seed(3)).half()
     x = wide[:, ::stride]
     out, _ = run(emulator, layer, x, torch.float16)
     assert relative_error(out, float64_reference(layer, x)) < TOLERANCE["float16"]

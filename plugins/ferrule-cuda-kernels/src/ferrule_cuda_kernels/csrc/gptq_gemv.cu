@@ -115,11 +115,14 @@ struct Unit {
 };
 
 // Act-order at one row of float16 x with 4-bit codes (decode) has its own kernel, whose
-// shared memory also holds the whole row of x (up to kGatherRowMax values): the chunk gathers
+// (dynamic) shared memory also holds the whole row of x (up to kGatherRowMax values; 72 KB
+// with the staged chunk, three blocks a multiprocessor still fit): the chunk gathers
 // from there rather than from global memory, where 8 scattered 2-byte loads an octet
 // serialize in L1 (H100, M = 1: act-order 2-7% slower than in-order, was 6-15%). The larger
 // buffer would cost the in-order kernel L1 space (2-4% slower), hence the separate instance.
-constexpr int kGatherRowMax = 14336;
+constexpr int kGatherRowMax = 28672;
+// The GATHER_ROW instance's dynamic shared memory: the staged chunk (float16) and the row.
+constexpr int kGatherBytes = (kChunkRows<1> / 2 + kGatherRowMax / 2) * 4;
 
 inline bool gathers_row(const Problem& p) {
   return p.perm != nullptr && !p.bf16 && p.bits == 4 && p.tile_rows == 1 &&
@@ -142,7 +145,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   constexpr int kRawRows = GATHER_ROW ? kGatherRowMax : 0;
   constexpr int kSmemFloats =
       ROWS * kChunkK > kChunkK / 2 + kRawRows / 2 ? ROWS * kChunkK : kChunkK / 2 + kRawRows / 2;
+  static_assert(!GATHER_ROW || kSmemFloats * 4 == kGatherBytes, "the launch's shared memory");
+#ifdef FERRULE_GEMV_EMULATED
   __shared__ __align__(16) float smem[kSmemFloats];
+#else
+  // Past 48 KB shared memory must be dynamic: the GATHER_ROW instance's is (gather_bytes()).
+  __shared__ __align__(16) float static_smem[GATHER_ROW ? 4 : kSmemFloats];
+  extern __shared__ __align__(16) float dynamic_smem[];
+  float* const smem = GATHER_ROW ? dynamic_smem : static_smem;
+#endif
   __shared__ bool last_block;
   __shared__ float warp_max[kWarps];
 
@@ -506,11 +517,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
 }
 
 template <typename T, int BITS, int ROWS, bool GATHER_ROW>
+cudaError_t allow_shared() {
+#ifdef FERRULE_GEMV_EMULATED
+  return cudaSuccess;
+#else
+  if constexpr (!GATHER_ROW) return cudaSuccess;
+  static const cudaError_t status =
+      cudaFuncSetAttribute(gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, kGatherBytes);
+  return status;
+#endif
+}
+
+template <typename T, int BITS, int ROWS, bool GATHER_ROW>
 int resident_blocks_per_sm() {
   static const int blocks = [] {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>,
-                                                      kThreads, 0) != cudaSuccess) {
+    if (allow_shared<T, BITS, ROWS, GATHER_ROW>() != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &n, gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>, kThreads,
+            GATHER_ROW ? kGatherBytes : 0) != cudaSuccess) {
       cudaGetLastError();  // clear it; assume one block
       n = 1;
     }
@@ -524,8 +550,10 @@ struct Kernel {
   static int occupancy() { return resident_blocks_per_sm<T, BITS, ROWS, GATHER_ROW>(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kTileN - 1) / kTileN, p.splits, (p.M + ROWS - 1) / ROWS);
-    return common::launch_kernel(gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>, grid, kThreads, 0,
-                                 stream, p.pdl, p);
+    if (const cudaError_t status = allow_shared<T, BITS, ROWS, GATHER_ROW>(); status != cudaSuccess)
+      return status;
+    return common::launch_kernel(gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>, grid, kThreads,
+                                 GATHER_ROW ? kGatherBytes : 0, stream, p.pdl, p);
   }
 };
 
