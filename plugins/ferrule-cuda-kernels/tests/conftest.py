@@ -1,4 +1,6 @@
-"""The host emulation of the CUDA kernels (``emulation/cuda_host_shim.h``), built once a session.
+"""Fixtures of the CUDA kernels' tests: the host emulation of the kernels, a CUDA-graph replay.
+
+The emulation (``emulation/cuda_host_shim.h``) is built once a session.
 
 A host C++ compiler builds ``gptq_gemv.cu`` and ``gptq_mma.cu`` unchanged, each in its own
 translation unit after the shim, plus the entry points below that do what the torch binding
@@ -13,7 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
+from ferrule_core.testing.kernels import float64_reference, relative_error
 from ferrule_cuda_kernels import extension
 
 SHIM = Path(__file__).with_name("emulation") / "cuda_host_shim.h"
@@ -127,3 +131,33 @@ def emulator(tmp_path_factory):
     lib.emulated_gemv.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 7 + [i64, p]
     lib.emulated_mma.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 5 + [i64, p]
     return lib
+
+
+@pytest.fixture
+def graph_replay_errors():
+    """``errors(layer, rows)``: capture ``layer`` on a static ``[rows, K]`` float16 input in a
+    CUDA graph, replay it on three inputs, and return each output's error against the float64
+    oracle (the kernel and its extension are built before the capture)."""
+
+    def errors(layer, rows: int) -> list[float]:
+        static = torch.randn(rows, layer.in_features, dtype=torch.float16, device="cuda")
+        found = []
+        with torch.no_grad():
+            layer(static)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                layer(static)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = layer(static)
+            for seed in range(3):
+                gen = torch.Generator().manual_seed(seed)
+                static.copy_(torch.randn(rows, layer.in_features, generator=gen))
+                graph.replay()
+                torch.cuda.synchronize()
+                found.append(relative_error(out, float64_reference(layer, static)))
+        return found
+
+    return errors

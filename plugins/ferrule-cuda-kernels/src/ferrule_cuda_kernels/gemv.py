@@ -35,6 +35,7 @@ class CudaGptqGemv:
 
     name = "cuda-gptq-gemv"
     handles_input_perm = True
+    dtypes = DTYPES
 
     def __init__(self, layer: torch.nn.Module):
         device = layer.qweight.device
@@ -60,20 +61,18 @@ class CudaGptqGemv:
         return run(self, x)
 
     def matmul(self, x: Tensor) -> Tensor:
-        if x.dtype not in DTYPES:
-            raise TypeError(f"cuda-gptq-gemv takes float16 or bfloat16 activations, got {x.dtype}")
+        if x.dtype not in self.dtypes:
+            names = " or ".join(str(d).removeprefix("torch.") for d in self.dtypes)
+            raise TypeError(f"{self.name} takes {names} activations, got {x.dtype}")
         rows = x.reshape(-1, self.in_features)  # a view where it can be: the kernel takes strides
-        out = self.module.gptq_gemv(
-            rows,
-            self.perm,
-            self.qweight,
-            self.qzeros,
-            self._scales_in(x.dtype),
-            self.counters,
-            self.bits,
-            self.group_size,
-        )
+        out = self._launch(rows, self._scales_in(x.dtype))
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _launch(self, rows: Tensor, scales: Tensor) -> Tensor:
+        return self.module.gptq_gemv(
+            rows, self.perm, self.qweight, self.qzeros, scales, self.counters, self.bits,
+            self.group_size,
+        )  # fmt: skip
 
     def input_weight(self) -> Tensor:
         """The float32 ``[K, N]`` weight in the original row order ``matmul`` takes."""

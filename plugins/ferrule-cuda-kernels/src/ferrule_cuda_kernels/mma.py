@@ -23,6 +23,7 @@ class CudaGptqMma(CudaGptqGemv):
     """``forward(x) = x @ W`` for a 4-bit ``QuantLinear`` and float16 ``x`` on a CUDA device."""
 
     name = "cuda-gptq-mma"
+    dtypes = (torch.float16,)
 
     def __init__(self, layer: torch.nn.Module):
         if layer.bits != 4:
@@ -32,19 +33,8 @@ class CudaGptqMma(CudaGptqGemv):
         self.warps_k = 0
         self.splits = 0
 
-    def matmul(self, x: Tensor) -> Tensor:
-        if x.dtype != torch.float16:
-            raise TypeError(f"cuda-gptq-mma takes float16 activations, got {x.dtype}")
-        rows = x.reshape(-1, self.in_features)  # a view where it can be: the kernel takes strides
-        out = self.module.gptq_mma(
-            rows,
-            self.perm,
-            self.qweight,
-            self.qzeros,
-            self._scales_in(x.dtype),
-            self.counters,
-            self.group_size,
-            self.warps_k,
-            self.splits,
-        )
-        return out.reshape(*x.shape[:-1], self.out_features)
+    def _launch(self, rows: Tensor, scales: Tensor) -> Tensor:
+        return self.module.gptq_mma(
+            rows, self.perm, self.qweight, self.qzeros, scales, self.counters, self.group_size,
+            self.warps_k, self.splits,
+        )  # fmt: skip

@@ -496,24 +496,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   if (splits == 1) return;
 
   // Split-K: the last block of this tile to arrive adds the splits' partial sums.
-  __threadfence();
-  __syncthreads();
-  const int tile = blockIdx.z * gridDim.x + blockIdx.x;
-  if (tid == 0) last_block = atomicAdd(p.counters + tile, 1) == splits - 1;
-  __syncthreads();
-  if (!last_block) return;
-  for (int i = tid; i < ROWS * kTileN; i += kThreads) {
-    const int m = i / kTileN;
-    const int c = i - m * kTileN;
-    const int n = blockIdx.x * kTileN + c;
-    if (m >= rows || n >= N) continue;
-    const size_t at = static_cast<size_t>(row0 + m) * N + n;
-    float sum = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) sum += __ldcg(p.workspace + static_cast<size_t>(s) * p.M * N + at);
-    out[at] = Io<T>::store(sum);
-  }
-  if (tid == 0) p.counters[tile] = 0;  // ready for the next launch
+  common::add_up_splits<T, kThreads>(p.counters, p.workspace, out, p.M, N, row0, ROWS,
+                                     blockIdx.x * kTileN, kTileN, blockIdx.z * gridDim.x + blockIdx.x,
+                                     splits, last_block);
 }
 
 template <typename T, int BITS, int ROWS, bool GATHER_ROW>

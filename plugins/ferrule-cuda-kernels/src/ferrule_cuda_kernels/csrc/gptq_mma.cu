@@ -94,35 +94,25 @@ constexpr int kStride = kChunkRows<TOKENS> + kPad;
 template <int TOKENS>
 constexpr int kSharedBytes = TOKENS * kStride<TOKENS> * 2;
 
-// d += a b for one m16n8k16 tile: A row-major float16, B column-major float16, float32 sums.
+// d = a b, plus d when kAdd, for one m16n8k16 tile: A row-major float16, B column-major
+// float16, float32 sums.
+template <bool kAdd>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
                                           const uint32_t (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const float c[4] = {kAdd ? d[0] : 0.0f, kAdd ? d[1] : 0.0f, kAdd ? d[2] : 0.0f,
+                      kAdd ? d[3] : 0.0f};
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+      "{%8, %9}, {%10, %11, %12, %13};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
 #elif defined(__CUDA_ARCH__)
   __trap();  // plan_mma's callers refuse devices before sm_80
 #elif defined(FERRULE_GEMV_EMULATED)
+  if (!kAdd) d[0] = d[1] = d[2] = d[3] = 0.0f;
   emulated_mma_16816(d, a, b);  // tests/emulation/cuda_host_shim.h
-#endif
-}
-
-// d = a b for one m16n8k16 tile (no accumulator to add).
-__device__ __forceinline__ void mma_16816_zero(float (&d)[4], const uint32_t (&a)[4],
-                                               const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const float zero = 0.0f;
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%10, %10, %10, %10};"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(zero));
-#else
-  d[0] = d[1] = d[2] = d[3] = 0.0f;
-  mma_16816(d, a, b);
 #endif
 }
 
@@ -286,12 +276,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
           const uint32_t b[2] = {s == 0 ? xb[u].x : xb[u].z, s == 0 ? xb[u].y : xb[u].w};
           if constexpr (kScaleAfter) {
             if (s == 0) {
-              mma_16816_zero(part[u], a, b);
+              mma_16816<false>(part[u], a, b);
             } else {
-              mma_16816(part[u], a, b);
+              mma_16816<true>(part[u], a, b);
             }
           } else {
-            mma_16816(acc[t][u], a, b);  // ... or straight into the sums
+            mma_16816<true>(acc[t][u], a, b);  // ... or straight into the sums
           }
         }
       }
@@ -364,68 +354,49 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
     const int col = wn * kWarpCols + 32 * ((2 * t + e / 2) / 4) + 4 * g + (2 * t + e / 2) % 4;
     return (8 * u + 2 * c + e % 2) * block_cols + col;
   };
+  auto each_sum = [&](auto&& f) {
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+      for (int u = 0; u < kTokenTiles; ++u) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) f(t, u, e);
+      }
+    }
+  };
   // Warps that share columns add up in shared memory: warp wk = 1, 2, ... in turn, then 0.
   for (int r = 1; r < warps_k; ++r) {
     if (wk == r) {
-#pragma unroll
-      for (int t = 0; t < kTiles; ++t) {
-#pragma unroll
-        for (int u = 0; u < kTokenTiles; ++u) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float& slot = shared_sums[local(t, u, e)];
-            slot = r == 1 ? acc[t][u][e] : slot + acc[t][u][e];
-          }
-        }
-      }
+      each_sum([&](int t, int u, int e) {
+        float& slot = shared_sums[local(t, u, e)];
+        slot = r == 1 ? acc[t][u][e] : slot + acc[t][u][e];
+      });
     }
     __syncthreads();
   }
   const int splits = gridDim.y;
   __half* __restrict__ out = static_cast<__half*>(p.out);
   if (wk == 0) {
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t) {
-#pragma unroll
-      for (int u = 0; u < kTokenTiles; ++u) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int n = column(2 * t + e / 2);
-          const int token = row0 + 8 * u + 2 * c + e % 2;
-          float sum = acc[t][u][e];
-          if (warps_k > 1) sum += shared_sums[local(t, u, e)];
-          if (token >= M || n >= N) continue;
-          const size_t at = static_cast<size_t>(token) * N + n;
-          if (splits == 1) {
-            out[at] = __float2half_rn(sum);
-          } else {
-            p.workspace[static_cast<size_t>(blockIdx.y) * M * N + at] = sum;
-          }
-        }
+    each_sum([&](int t, int u, int e) {
+      const int n = column(2 * t + e / 2);
+      const int token = row0 + 8 * u + 2 * c + e % 2;
+      float sum = acc[t][u][e];
+      if (warps_k > 1) sum += shared_sums[local(t, u, e)];
+      if (token >= M || n >= N) return;
+      const size_t at = static_cast<size_t>(token) * N + n;
+      if (splits == 1) {
+        out[at] = __float2half_rn(sum);
+      } else {
+        p.workspace[static_cast<size_t>(blockIdx.y) * M * N + at] = sum;
       }
-    }
+    });
   }
   if (splits == 1) return;
 
   // Split-K: the last block of this tile to arrive adds the splits' partial sums.
-  __threadfence();
-  __syncthreads();
-  const int tile = blockIdx.z * gridDim.x + blockIdx.x;
-  if (tid == 0) last_block = atomicAdd(p.counters + tile, 1) == splits - 1;
-  __syncthreads();
-  if (!last_block) return;
-  for (int i = tid; i < TOKENS * block_cols; i += kThreads) {
-    const int m = i / block_cols;
-    const int n = blockIdx.x * block_cols + (i - m * block_cols);
-    const int token = row0 + m;
-    if (token >= M || n >= N) continue;
-    const size_t at = static_cast<size_t>(token) * N + n;
-    float sum = 0.0f;
-#pragma unroll 4
-    for (int s = 0; s < splits; ++s) sum += __ldcg(p.workspace + static_cast<size_t>(s) * M * N + at);
-    out[at] = __float2half_rn(sum);
-  }
-  if (tid == 0) p.counters[tile] = 0;  // ready for the next launch
+  common::add_up_splits<__half, kThreads>(p.counters, p.workspace, out, M, N, row0, TOKENS,
+                                          blockIdx.x * block_cols, block_cols,
+                                          blockIdx.z * gridDim.x + blockIdx.x, splits, last_block);
 }
 
 // out[m][k] = x[m][perm[k]] for act-order layers, before the product (gather_rows). Each

@@ -153,6 +153,34 @@ struct XReader {
   }
 };
 
+// Split-K across blocks: each block of a tile has written its float32 partial sums to
+// `workspace` ([splits][M][N]); the last block to arrive (an atomic ticket per tile) adds them
+// up, writes rows row0 .. row0 + rows - 1 and columns col0 .. col0 + cols - 1 of `out`, and
+// resets the ticket for the next launch. Every thread of the block calls it; `last_block` is
+// a __shared__ flag.
+template <typename T, int kThreads>
+__device__ __forceinline__ void add_up_splits(int32_t* counters, const float* workspace, T* out, int M, int N,
+                              int row0, int rows, int col0, int cols, int tile, int splits,
+                              bool& last_block) {
+  const int tid = threadIdx.x;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last_block = atomicAdd(counters + tile, 1) == splits - 1;
+  __syncthreads();
+  if (!last_block) return;
+  for (int i = tid; i < rows * cols; i += kThreads) {
+    const int m = i / cols;
+    const int n = col0 + (i - m * cols);
+    if (row0 + m >= M || n >= N) continue;
+    const size_t at = static_cast<size_t>(row0 + m) * N + n;
+    float sum = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) sum += __ldcg(workspace + static_cast<size_t>(s) * M * N + at);
+    out[at] = Io<T>::store(sum);
+  }
+  if (tid == 0) counters[tile] = 0;
+}
+
 // kernel<<<grid, threads, shared_bytes, stream>>>(args...), with programmatic stream serialization
 // when `pdl` (sm_90+): the kernel's blocks may start before the previous kernel ends.
 template <typename Kernel, typename... Args>
