@@ -78,7 +78,8 @@ constexpr int kUnitRows = 32;
 constexpr int kStages = FERRULE_MMA_STAGES;  // units a warp holds in registers
 constexpr int kMinUnitsPerWarp = 4;
 constexpr int kDefaultWarpsK = 4;
-constexpr int kStageOctets = FERRULE_MMA_STAGE_OCTETS;  // 16-byte loads of x a thread has in flight while staging
+// 16-byte loads of x a thread has in flight while staging.
+constexpr int kStageOctets = FERRULE_MMA_STAGE_OCTETS;
 
 // x is staged in shared memory a chunk of K at a time: [TOKENS][kChunkRows + kPad] float16,
 // each octet of 8 rows stored as the pairs (x_p, x_{p+4}) the B fragments take. The pad makes
