@@ -33,7 +33,8 @@ def gemv_group_problem(request: KernelRequest) -> str | None:
 
 
 def check_gemv(request: KernelRequest) -> str | None:
-    """``cuda-gptq-gemv``: group sizes, then the extension (built here on first use)."""
+    """``cuda-gptq-gemv`` and ``cuda-gptq-mma`` (one extension, the same groups): group
+    sizes, then the extension (built here on first use)."""
     if reason := gemv_group_problem(request):
         return reason
     if request.out_features % 4:
@@ -41,11 +42,6 @@ def check_gemv(request: KernelRequest) -> str | None:
     from ferrule_cuda_kernels import extension
 
     return extension.build_problem(_capability(request))
-
-
-def check_mma(request: KernelRequest) -> str | None:
-    """``cuda-gptq-mma``: the GEMV's group sizes at 4 bits, then the shared extension."""
-    return check_gemv(request)
 
 
 def int4_group_problem(request: KernelRequest) -> str | None:

@@ -19,7 +19,7 @@ rows, and they cost what an in-order layer does.
 from __future__ import annotations
 
 from ferrule_core import KernelSpec, PlatformSpec, hookimpl
-from ferrule_cuda_kernels.checks import check_gemv, check_mma, check_torch_int4
+from ferrule_cuda_kernels.checks import check_gemv, check_torch_int4
 from ferrule_cuda_kernels.platform import capability, check, memory
 
 GEMV_PRIORITY = 30
@@ -105,7 +105,7 @@ def ferrule_register_kernels():
             dtypes=("float16",),
             min_capability=(8, 0),
             priority=MMA_PRIORITY,
-            check=check_mma,
+            check=check_gemv,  # the same extension and group layout
             # 3-8 rows: 2.1-2.6x fp16 on the large Llama layers against triton-gptq's
             # 1.8-1.9x (H100, 2026-11-27); from 16 rows triton-gptq is as fast or faster.
             preferred_rows=(3, 8),

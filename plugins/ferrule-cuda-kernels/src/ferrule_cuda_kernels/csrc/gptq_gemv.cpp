@@ -114,6 +114,10 @@ ferrule_gemv::Problem problem_for(const char* kernel, const torch::Tensor& x,
   p.group_size = static_cast<int>(group_size < K ? group_size : K);
   p.bits = static_cast<int>(bits);
   p.bf16 = x.scalar_type() == at::kBFloat16;
+  {
+    const c10::cuda::CUDAGuard guard(x.device());  // the capability of x's device
+    p.pdl = capability_major() >= 9;
+  }
   return p;
 }
 
@@ -125,7 +129,6 @@ torch::Tensor run(ferrule_gemv::Problem& p, const torch::Tensor& x, const torch:
   auto out = torch::empty({x.size(0), p.N}, x.options());
   if (p.M == 0) return out;
   p.out = out.data_ptr();
-  p.pdl = capability_major() >= 9;
   plan(p, multiprocessors(), counters.numel());
   torch::Tensor workspace;
   if (p.splits > 1) {
@@ -162,7 +165,6 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
   if (p.perm != nullptr && p.M > 0) {
     const c10::cuda::CUDAGuard guard(x.device());
     gathered = torch::empty({x.size(0), x.size(1)}, x.options());
-    p.pdl = capability_major() >= 9;
     C10_CUDA_CHECK(ferrule_gemv::gather_rows(p, gathered.data_ptr(),
                                              c10::cuda::getCurrentCUDAStream().stream()));
     p.x = gathered.data_ptr();

@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     u.zeros = 0u;
     if (ok) {
       const int k = unit * C::kUnitK;
-      const uint32_t group = p.group_shift >= 0 ? k >> p.group_shift : k / p.group_size;
+      const uint32_t group = common::group_of(p, k);
       u.scales = __ldg(scol + group * n4);
       u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
     }
@@ -209,15 +209,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   auto load_octet = [&](int m, int k) { return reader.octet(row0 + m, k); };
   constexpr bool from_raw = GATHER_ROW;  // gathers_row() checked perm, K and alignment
   const __half* raw_x = reinterpret_cast<const __half*>(smem) + kChunkK;
-  auto gather_raw = [&](const int4& a, const int4& b) {
-    const int src[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-    __half h[8];
-#pragma unroll
-    for (int r = 0; r < 8; ++r) h[r] = raw_x[src[r]];
-    uint4 v;
-    memcpy(&v, h, sizeof v);
-    return v;
-  };
 
   float acc[ROWS][4];
 #pragma unroll
@@ -400,7 +391,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
         } else if (from_raw) {
           int4 a = early[j][0], b = early[j][1];
           if (base != 0) reader.sources(k, a, b);
-          raw[j] = gather_raw(a, b);
+          raw[j] = common::gather8(raw_x, 1, a, b);
         } else if (base == 0 && reader.whole_perm_octet(k)) {
           raw[j] = reader.gather(row0 + m, early[j][0], early[j][1]);
         } else {
@@ -415,10 +406,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
         const int o = i - m * octets;
         const uint4 v = raw[j];
         if constexpr (kHalf2) {
-          // (x0 x1)(x2 x3)(x4 x5)(x6 x7) -> (x0 x4)(x1 x5)(x2 x6)(x3 x7)
-          const uint4 pairs = make_uint4((v.x & 0xFFFFu) | (v.z << 16), (v.x >> 16) | (v.z & 0xFFFF0000u),
-                                         (v.y & 0xFFFFu) | (v.w << 16), (v.y >> 16) | (v.w & 0xFFFF0000u));
-          *reinterpret_cast<uint4*>(reinterpret_cast<__half*>(smem) + m * kChunkK + 8 * o) = pairs;
+          *reinterpret_cast<uint4*>(reinterpret_cast<__half*>(smem) + m * kChunkK + 8 * o) =
+              common::pair_order(v);
 #pragma unroll
           for (int r = 0; r < 8; ++r) largest = fmaxf(largest, fabsf(Io<T>::load(octet_value<T>(v, r))));
         } else {
@@ -501,44 +490,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
                                      splits, last_block);
 }
 
-template <typename T, int BITS, int ROWS, bool GATHER_ROW>
-cudaError_t allow_shared() {
-#ifdef FERRULE_GEMV_EMULATED
-  return cudaSuccess;
-#else
-  if constexpr (!GATHER_ROW) return cudaSuccess;
-  static const cudaError_t status =
-      cudaFuncSetAttribute(gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, kGatherBytes);
-  return status;
-#endif
-}
-
-template <typename T, int BITS, int ROWS, bool GATHER_ROW>
-int resident_blocks_per_sm() {
-  static const int blocks = [] {
-    int n = 0;
-    if (allow_shared<T, BITS, ROWS, GATHER_ROW>() != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &n, gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>, kThreads,
-            GATHER_ROW ? kGatherBytes : 0) != cudaSuccess) {
-      cudaGetLastError();  // clear it; assume one block
-      n = 1;
-    }
-    return n > 0 ? n : 1;
-  }();
-  return blocks;
-}
-
 template <typename T, int BITS, int ROWS, bool GATHER_ROW = false>
 struct Kernel {
-  static int occupancy() { return resident_blocks_per_sm<T, BITS, ROWS, GATHER_ROW>(); }
+  static constexpr auto kernel = gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>;
+  static constexpr int kSharedBytes = GATHER_ROW ? kGatherBytes : 0;  // dynamic
+  static int occupancy() {
+    static const int blocks = common::resident_blocks(kernel, kThreads, kSharedBytes);
+    return blocks;
+  }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kTileN - 1) / kTileN, p.splits, (p.M + ROWS - 1) / ROWS);
-    if (const cudaError_t status = allow_shared<T, BITS, ROWS, GATHER_ROW>(); status != cudaSuccess)
-      return status;
-    return common::launch_kernel(gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>, grid, kThreads,
-                                 GATHER_ROW ? kGatherBytes : 0, stream, p.pdl, p);
+    static const cudaError_t allowed = common::allow_shared(kernel, kSharedBytes);
+    if (allowed != cudaSuccess) return allowed;
+    return common::launch_kernel(kernel, grid, kThreads, kSharedBytes, stream, p.pdl, p);
   }
 };
 
@@ -568,11 +532,7 @@ auto dispatch(const Problem& p, F&& f) {
 }  // namespace
 
 void plan(Problem& p, int num_sms, int64_t counter_capacity) {
-  if (p.group_size > p.K) p.group_size = p.K;
-  p.group_shift = -1;  // a shift finds a unit's group unless the size is no power of two
-  for (int shift = 0; shift < 31; ++shift) {
-    if ((1 << shift) == p.group_size) p.group_shift = shift;
-  }
+  plan_groups(p);
   p.tile_rows = p.M <= 1 ? 1 : p.M <= 2 ? 2 : p.M <= 4 ? 4 : kMaxTileRows;
   const int per_word = 32 / p.bits;
   const int units = (p.K / per_word + kUnitWords - 1) / kUnitWords;

@@ -45,6 +45,16 @@ struct Problem {
 // be a whole number of units (scales and zeros are loaded once per unit).
 inline int unit_rows(int bits) { return 4 * (32 / bits); }
 
+// Both plans start here: group_size clipped to K, group_shift = log2(group_size) for a power
+// of two (the kernels find a row's group with a shift) or -1 (a division).
+inline void plan_groups(Problem& p) {
+  if (p.group_size > p.K) p.group_size = p.K;
+  p.group_shift = -1;
+  for (int shift = 0; shift < 31; ++shift) {
+    if ((1 << shift) == p.group_size) p.group_shift = shift;
+  }
+}
+
 // Choose group_shift, tile_rows, splits and units_per_split for a device of `num_sms`
 // multiprocessors; splits stays 1 unless `counter_capacity` counters cover every output tile.
 void plan(Problem& p, int num_sms, int64_t counter_capacity);

@@ -117,18 +117,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 #endif
 }
 
-// Bytes of {b, a} picked by the selector's nibbles (PRMT).
-__device__ __forceinline__ uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
-#ifdef __CUDA_ARCH__
-  return __byte_perm(a, b, selector);
-#else
-  const uint64_t both = (static_cast<uint64_t>(b) << 32) | a;
-  uint32_t out = 0;
-  for (int i = 0; i < 4; ++i) out |= static_cast<uint32_t>((both >> (8 * ((selector >> (4 * i)) & 7))) & 0xFF) << (8 * i);
-  return out;
-#endif
-}
-
 // One unit's weight, scales and zeros for the thread's 4 * LOADS columns.
 template <int LOADS>
 struct Held {
@@ -207,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
     const bool ok = unit < unit_end;
     const uint32_t row = static_cast<uint32_t>(unit) * kUnitWords + c;
     const int k = unit * kUnitRows;
-    const uint32_t group = !ok ? 0u : p.group_shift >= 0 ? k >> p.group_shift : k / p.group_size;
+    const uint32_t group = ok ? common::group_of(p, k) : 0u;
 #pragma unroll
     for (int l = 0; l < LOADS; ++l) {
       const int col = warp_col + 32 * l + 4 * g;
@@ -328,11 +316,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
         const int i = base + j * kThreads + tid;
         if (i >= total) continue;
         const int m = i / octets;
-        const uint4 v = raw[j];
-        // (x0 x1)(x2 x3)(x4 x5)(x6 x7) -> (x0 x4)(x1 x5)(x2 x6)(x3 x7)
-        const uint4 pairs = make_uint4(byte_perm(v.x, v.z, 0x5410), byte_perm(v.x, v.z, 0x7632),
-                                       byte_perm(v.y, v.w, 0x5410), byte_perm(v.y, v.w, 0x7632));
-        *reinterpret_cast<uint4*>(xs + m * kStride<TOKENS> + 8 * (i - m * octets)) = pairs;
+        *reinterpret_cast<uint4*>(xs + m * kStride<TOKENS> + 8 * (i - m * octets)) =
+            common::pair_order(raw[j]);
       }
     }
     __syncthreads();
@@ -421,37 +406,17 @@ __global__ void __launch_bounds__(kThreads) gather_rows_kernel(const Problem p, 
 
 template <int TOKENS, int LOADS>
 struct Kernel {
-  // More than 48 KB of dynamic shared memory must be allowed once per kernel.
-  static cudaError_t allow_shared() {
-#ifdef FERRULE_GEMV_EMULATED
-    return cudaSuccess;
-#else
-    static const cudaError_t status = cudaFuncSetAttribute(
-        gptq_mma_kernel<TOKENS, LOADS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        kSharedBytes<TOKENS>);
-    return status;
-#endif
-  }
+  static constexpr auto kernel = gptq_mma_kernel<TOKENS, LOADS>;
   static int occupancy() {
-    static const int blocks = [] {
-      int n = 0;
-      if (allow_shared() != cudaSuccess ||
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gptq_mma_kernel<TOKENS, LOADS>,
-                                                        kThreads, kSharedBytes<TOKENS>) !=
-              cudaSuccess) {
-        cudaGetLastError();  // clear it; assume one block
-        n = 1;
-      }
-      return n > 0 ? n : 1;
-    }();
+    static const int blocks = common::resident_blocks(kernel, kThreads, kSharedBytes<TOKENS>);
     return blocks;
   }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const int block_cols = kWarps / p.warps_k * 32 * LOADS;
     const dim3 grid((p.N + block_cols - 1) / block_cols, p.splits, (p.M + TOKENS - 1) / TOKENS);
-    if (const cudaError_t status = allow_shared(); status != cudaSuccess) return status;
-    return common::launch_kernel(gptq_mma_kernel<TOKENS, LOADS>, grid, kThreads,
-                                 kSharedBytes<TOKENS>, stream, p.pdl, p);
+    static const cudaError_t allowed = common::allow_shared(kernel, kSharedBytes<TOKENS>);
+    if (allowed != cudaSuccess) return allowed;
+    return common::launch_kernel(kernel, grid, kThreads, kSharedBytes<TOKENS>, stream, p.pdl, p);
   }
 };
 
@@ -470,11 +435,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 void plan_mma(Problem& p, int num_sms, int64_t counter_capacity) {
-  if (p.group_size > p.K) p.group_size = p.K;
-  p.group_shift = -1;
-  for (int shift = 0; shift < 31; ++shift) {
-    if ((1 << shift) == p.group_size) p.group_shift = shift;
-  }
+  plan_groups(p);
   p.tokens = p.M <= 8 ? 8 : p.M <= 16 ? 16 : p.M <= 32 ? 32 : 64;
   p.loads = p.tokens <= 16 ? 2 : 1;
   const int64_t units = ceil_div(p.K / 8, kUnitWords);

@@ -80,6 +80,33 @@ __device__ __forceinline__ void release_dependents() {
 #endif
 }
 
+// The quantization group of row k (plan_groups() set group_shift).
+template <typename P>
+__device__ __forceinline__ uint32_t group_of(const P& p, int k) {
+  return p.group_shift >= 0 ? k >> p.group_shift : k / p.group_size;
+}
+
+// 8 float16 (or bfloat16) values as the pairs (x_p, x_{p+4}), p = 0..3: the order in which
+// one LOP3 unpacks a 4-bit word's codes (codes i and i + 4 share an instruction).
+__device__ __forceinline__ uint4 pair_order(const uint4& v) {
+  // (x0 x1)(x2 x3)(x4 x5)(x6 x7) -> (x0 x4)(x1 x5)(x2 x6)(x3 x7)
+  return make_uint4((v.x & 0xFFFFu) | (v.z << 16), (v.x >> 16) | (v.z & 0xFFFF0000u),
+                    (v.y & 0xFFFFu) | (v.w << 16), (v.y >> 16) | (v.w & 0xFFFF0000u));
+}
+
+// base[src[r] * stride] for the 8 sources in (a, b), as 8 values of T in a uint4.
+template <typename T>
+__device__ __forceinline__ uint4 gather8(const T* base, int64_t stride, const int4& a,
+                                         const int4& b) {
+  const int src[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  T h[8];
+#pragma unroll
+  for (int r = 0; r < 8; ++r) h[r] = base[static_cast<int64_t>(src[r]) * stride];
+  uint4 v;
+  memcpy(&v, h, sizeof v);
+  return v;
+}
+
 // Value r of 8 consecutive T packed in a uint4.
 template <typename T>
 __device__ __forceinline__ T octet_value(const uint4& v, int r) {
@@ -121,14 +148,7 @@ struct XReader {
 
   // x[row][src], 8 of them, as 8 values of T in a uint4.
   __device__ __forceinline__ uint4 gather(int row, const int4& a, const int4& b) const {
-    const T* at = x + row * stride_m;
-    const int src[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-    T h[8];
-#pragma unroll
-    for (int r = 0; r < 8; ++r) h[r] = at[static_cast<int64_t>(src[r]) * stride_k];
-    uint4 v;
-    memcpy(&v, h, sizeof v);
-    return v;
+    return gather8(x + row * stride_m, stride_k, a, b);
   }
 
   // x[row][k .. k + 7] (through perm), zeros past K, as 8 values of T in a uint4: one 16-byte
@@ -179,6 +199,32 @@ __device__ __forceinline__ void add_up_splits(int32_t* counters, const float* wo
     out[at] = Io<T>::store(sum);
   }
   if (tid == 0) counters[tile] = 0;
+}
+
+// Host side. Dynamic shared memory past 48 KB must be allowed once per kernel; returns the
+// status of doing so (success when no more is needed, and in the CPU emulation).
+template <typename Kernel>
+cudaError_t allow_shared(Kernel kernel, int shared_bytes) {
+#ifdef FERRULE_GEMV_EMULATED
+  (void)kernel; (void)shared_bytes;
+  return cudaSuccess;
+#else
+  if (shared_bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes);
+#endif
+}
+
+// Blocks of `kernel` one multiprocessor holds at once (1 if the query fails). Callers cache it.
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int threads, int shared_bytes) {
+  int n = 0;
+  if (allow_shared(kernel, shared_bytes) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, shared_bytes) !=
+          cudaSuccess) {
+    cudaGetLastError();  // clear it; assume one block
+    n = 1;
+  }
+  return n > 0 ? n : 1;
 }
 
 // kernel<<<grid, threads, shared_bytes, stream>>>(args...), with programmatic stream serialization
