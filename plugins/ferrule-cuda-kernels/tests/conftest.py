@@ -2,7 +2,7 @@
 
 The emulation (``emulation/cuda_host_shim.h``) is built once a session.
 
-A host C++ compiler builds ``gptq_gemv.cu`` and ``gptq_mma.cu`` unchanged, each in its own
+A host C++ compiler builds ``gptq_gemv.cu``, ``gptq_mma.cu`` and ``gptq_wgmma.cu`` unchanged, each in its own
 translation unit after the shim, plus the entry points below that do what the torch binding
 does before a launch, into a library that the tests call through ctypes. It needs a C++20
 compiler and the CUDA headers (no GPU); where either is missing the tests that use it skip.
@@ -21,7 +21,7 @@ from ferrule_core.testing.kernels import float64_reference, relative_error
 from ferrule_cuda_kernels import extension
 
 SHIM = Path(__file__).with_name("emulation") / "cuda_host_shim.h"
-KERNELS = ("gptq_gemv.cu", "gptq_mma.cu")
+KERNELS = ("gptq_gemv.cu", "gptq_mma.cu", "gptq_wgmma.cu")
 ENTRY = """
 #include <vector>
 
@@ -77,6 +77,26 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   }
   return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
+
+// order: the layer's order folded with the kernel's K order (wgmma.kernel_order). plan: in,
+// tokens and splits to force (0: choose); out, tokens, splits, steps_per_split.
+extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
+                              const int32_t* order, const int32_t* qweight, const int32_t* qzeros,
+                              const void* scales, void* out, float* workspace, int32_t* counters,
+                              int M, int K, int N, int group_size, int num_sms, int64_t capacity,
+                              int* plan) {
+  auto p = problem(x, stride_m, stride_k, order, qweight, qzeros, scales, out, workspace,
+                   counters, M, K, N, group_size, 4, 0);
+  p.tokens = plan[0];
+  p.splits = plan[1];
+  ferrule_gemv::plan_wgmma(p, num_sms, capacity);
+  plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split;
+  if (workspace == nullptr) return 0;
+  std::vector<uint16_t> gathered(static_cast<size_t>(M) * K);  // as the binding
+  if (ferrule_gemv::gather_rows(p, gathered.data(), nullptr) != cudaSuccess) return 1;
+  p.x = gathered.data(); p.x_stride_m = K; p.x_stride_k = 1; p.perm = nullptr;
+  return static_cast<int>(ferrule_gemv::launch_wgmma(p, nullptr));
+}
 """
 
 
@@ -130,6 +150,7 @@ def emulator(tmp_path_factory):
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.emulated_gemv.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 7 + [i64, p]
     lib.emulated_mma.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 5 + [i64, p]
+    lib.emulated_wgmma.argtypes = lib.emulated_mma.argtypes
     return lib
 
 

@@ -16,7 +16,12 @@ def test_the_cuda_platform_record():
     assert spec.plugin == "cuda"
     assert (spec.device_type, spec.distributed_backend, spec.priority) == ("cuda", "nccl", 20)
     assert spec.priority > registry.platform("cpu").priority
-    assert spec.preferred_kernels == ("cuda-gptq-gemv", "cuda-gptq-mma", "torch-int4")
+    assert spec.preferred_kernels == (
+        "cuda-gptq-gemv",
+        "cuda-gptq-mma",
+        "cuda-gptq-wgmma",
+        "torch-int4",
+    )
     assert all(name in registry.kernels for name in spec.preferred_kernels)
     assert spec.capability is cuda_platform.capability
 

@@ -44,6 +44,30 @@ def check_gemv(request: KernelRequest) -> str | None:
     return extension.build_problem(_capability(request))
 
 
+# cuda-gptq-wgmma steps through K 64 rows at a time, one group of scales a step.
+WGMMA_STEP_ROWS = 64
+
+
+def check_wgmma(request: KernelRequest) -> str | None:
+    """``cuda-gptq-wgmma``: an sm_90 device (its ``sm_90a`` build), K and groups in steps of
+    64 rows, then what ``check_gemv`` checks."""
+    capability = _capability(request)
+    if capability != (9, 0):
+        return (
+            "runs Hopper's wgmma, built for sm_90a, whose code runs only on sm_90 devices; "
+            f"this one is sm_{capability[0]}{capability[1]}"
+        )
+    k, size = request.in_features, request.group_size
+    if k % WGMMA_STEP_ROWS:
+        return f"steps through K {WGMMA_STEP_ROWS} rows at a time; in_features={k}"
+    if size != -1 and size < k and size % WGMMA_STEP_ROWS:
+        return (
+            f"reads one scale per {WGMMA_STEP_ROWS} rows, so the group size must be a multiple "
+            f"of {WGMMA_STEP_ROWS} (or -1), not {size}"
+        )
+    return check_gemv(request)
+
+
 def int4_group_problem(request: KernelRequest) -> str | None:
     """Why torch's int4 op cannot serve ``request``'s group layout, or ``None``."""
     if not request.in_features:

@@ -1,4 +1,4 @@
-"""Build the CUDA extension of ``cuda-gptq-gemv`` and ``cuda-gptq-mma`` on first use, into a cache.
+"""Build the CUDA extension of the ``cuda-gptq-*`` kernels on first use, into a cache.
 
 Installing the plugin compiles nothing. The first time selection considers the kernel for a
 CUDA device, :func:`build_problem` compiles ``csrc/`` with ``torch.utils.cpp_extension.load``
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 NAME = "ferrule_cuda_gptq_gemv"
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("gptq_gemv.cpp", "gptq_gemv.cu", "gptq_mma.cu")
+SOURCES = ("gptq_gemv.cpp", "gptq_gemv.cu", "gptq_mma.cu", "gptq_wgmma.cu")
 HEADERS = ("gptq_gemv.h", "kernel_common.cuh")
 # -ftz=false: the kernel multiplies denormal floats on purpose (see gptq_gemv.cu); a flag that
 # flushes them to zero (--use_fast_math) would zero every weight.
@@ -90,10 +90,13 @@ def arch_flags(capability: tuple[int, int]) -> list[str]:
     """nvcc flags that build machine code for exactly this architecture.
 
     Naming an architecture also stops torch adding its own list (``TORCH_CUDA_ARCH_LIST`` or
-    every visible GPU), which would compile each kernel several times.
+    every visible GPU), which would compile each kernel several times. sm_90 builds for
+    ``sm_90a``, whose machine code runs only on sm_90 devices (as this build does) and has
+    ``wgmma`` (``cuda-gptq-wgmma``).
     """
     major, minor = capability
-    return [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+    arch = f"{major}{minor}" + ("a" if (major, minor) == (9, 0) else "")
+    return [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
 
 
 def toolchain_problem() -> str | None:
@@ -159,9 +162,9 @@ def build_problem(capability: tuple[int, int]) -> str | None:
 
 
 def load(capability: tuple[int, int]) -> Any:
-    """The built extension module (``gptq_gemv``, ``gptq_mma`` and their plans); raises if
-    unavailable."""
+    """The built extension module (``gptq_gemv``, ``gptq_mma``, ``gptq_wgmma`` and their
+    plans); raises if unavailable."""
     module, problem = _build(tuple(capability))
     if module is None:
-        raise RuntimeError(f"cuda-gptq-gemv and cuda-gptq-mma {problem}")
+        raise RuntimeError(f"the cuda-gptq kernels' extension: {problem}")
     return module

@@ -1,4 +1,4 @@
-"""The ``cuda`` entry point: the CUDA platform and three CUDA linear kernels.
+"""The ``cuda`` entry point: the CUDA platform and four CUDA linear kernels.
 
 Importing this module imports no torch: the kernels load in their factories and the checks
 import torch when selection calls them.
@@ -9,6 +9,8 @@ import torch when selection calls them.
   it cannot, it refuses with the reason and selection moves on.
 - ``cuda-gptq-mma``: 4-bit layers, float16, sm_80+, a CUDA C++ tensor-core kernel on the same
   layout and extension, preferred for 3 to 8 input rows.
+- ``cuda-gptq-wgmma``: 4-bit layers, float16, sm_90 (Hopper), a CUDA C++ kernel on ``wgmma``
+  in the same extension; experimental: below ``triton-gptq``, which is faster on an H100.
 - ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
   activations, sm_80+; a candidate the benchmarks compare.
 
@@ -19,11 +21,12 @@ rows, and they cost what an in-order layer does.
 from __future__ import annotations
 
 from ferrule_core import KernelSpec, PlatformSpec, hookimpl
-from ferrule_cuda_kernels.checks import check_gemv, check_torch_int4
+from ferrule_cuda_kernels.checks import check_gemv, check_torch_int4, check_wgmma
 from ferrule_cuda_kernels.platform import capability, check, memory
 
 GEMV_PRIORITY = 30
 MMA_PRIORITY = 25
+WGMMA_PRIORITY = 18  # below triton-gptq (20), which is faster on an H100 so far
 TORCH_INT4_PRIORITY = 15
 PLATFORM_PRIORITY = 20
 
@@ -38,6 +41,12 @@ def _mma_factory(layer):
     from ferrule_cuda_kernels.mma import CudaGptqMma
 
     return CudaGptqMma(layer)
+
+
+def _wgmma_factory(layer):
+    from ferrule_cuda_kernels.wgmma import CudaGptqWgmma
+
+    return CudaGptqWgmma(layer)
 
 
 def _torch_int4_factory(layer):
@@ -56,7 +65,7 @@ def ferrule_register_platforms():
             memory=memory,
             capability=capability,
             distributed_backend="nccl",
-            preferred_kernels=("cuda-gptq-gemv", "cuda-gptq-mma", "torch-int4"),
+            preferred_kernels=("cuda-gptq-gemv", "cuda-gptq-mma", "cuda-gptq-wgmma", "torch-int4"),
             priority=PLATFORM_PRIORITY,
             description="NVIDIA GPUs through a CUDA build of torch (device memory, nccl)",
         )
@@ -116,6 +125,33 @@ def ferrule_register_kernels():
                 "weight loads as A fragments, x staged in shared memory, split-K, float32 sums, "
                 "programmatic dependent launch on sm_90+; group sizes that are multiples of 32, "
                 "or -1; compiled on first use (nvcc)"
+            ),
+        ),
+        KernelSpec(
+            name="cuda-gptq-wgmma",
+            kind="linear",
+            factory=_wgmma_factory,
+            platforms=("cuda",),
+            bits=(4,),
+            group_sizes=None,
+            desc_act=True,
+            sym=True,
+            asym=True,
+            dtypes=("float16",),
+            min_capability=(9, 0),
+            priority=WGMMA_PRIORITY,
+            check=check_wgmma,
+            # Over this plugin's kernels from 9 rows; triton-gptq, faster on an H100 at every
+            # shape but 28672x8192 at 16 rows (2026-11-27), outranks it where installed.
+            preferred_rows=(9, None),
+            sorted_groups=True,
+            description=(
+                "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout "
+                "(experimental, below triton-gptq): each thread's 16-byte weight loads "
+                "dequantized into A fragments in registers, x (gathered once into the fragments' "
+                "K order, act-order folded in) streamed through a cp.async ring as the B "
+                "operand, split-K; K and group sizes multiples of 64 (or -1); compiled on first "
+                "use (nvcc)"
             ),
         ),
         KernelSpec(

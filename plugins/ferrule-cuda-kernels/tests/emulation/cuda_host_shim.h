@@ -1,9 +1,10 @@
-// Runs the kernels of gptq_gemv.cu and gptq_mma.cu on the host, for tests on machines without
-// a GPU.
+// Runs the kernels of gptq_gemv.cu, gptq_mma.cu and gptq_wgmma.cu on the host, for tests on
+// machines without a GPU.
 //
 // One block at a time; its 256 threads are std::threads, __shared__ variables are function
 // statics (shared by the block's threads), __syncthreads is a barrier of the block, and
-// __shfl_xor_sync and mma.sync exchange through slots per lane with a barrier of the warp.
+// __shfl_xor_sync and mma.sync exchange through slots per lane with a barrier of the warp
+// (wgmma: of the warpgroup). cp.async copies at once.
 // Loads are plain reads; atomics are the compiler's. The half and bfloat16 conversions are
 // CUDA's own host implementations, and x86 floats keep denormals, as the kernels (built
 // -ftz=false) do. kernel_common.cuh's launch_kernel calls emulate_launch below.
@@ -20,6 +21,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -47,6 +49,8 @@ struct MmaSlot {
   uint32_t b[2];
 };
 inline MmaSlot mma_slots[kWarps][32];
+inline std::barrier<>* group_barrier[kWarps / 4];
+inline uint32_t wgmma_slots[kWarps / 4][128][4];
 }  // namespace emulation
 
 inline thread_local dim3 threadIdx;
@@ -130,6 +134,53 @@ inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint
   emulation::warp_barrier[warp]->arrive_and_wait();
 }
 
+// wgmma.mma_async m64nNk16, f32 += f16 x f16, A from registers, B K-major in shared memory with
+// the 128-byte swizzle, for one thread of a warpgroup: every thread posts its A fragment, then
+// computes its own N / 2 sums (PTX ISA: warp w of the warpgroup holds A rows 16 w .. 16 w + 15
+// as mma.sync's m16n8k16 A, and D rows 16 w + g, 16 w + g + 8 at columns 8 i + 2 c, + 1).
+// B element (k, n) is at byte start + (n / 8) * stride + (n % 8) * 128 + 2 k of the descriptor's
+// start address and stride, whose bits 4-6 are then XOR-ed with bits 7-9; addresses are offsets
+// in the block's shared buffer `base` (aligned to 1024 bytes like the device's).
+inline void emulated_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc,
+                           const char* base) {
+  const int t = threadIdx.x & 127;
+  const int group = threadIdx.x >> 7;
+  std::memcpy(emulation::wgmma_slots[group][t], a, sizeof a);
+  emulation::group_barrier[group]->arrive_and_wait();
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFFu) << 4;
+  const uint32_t stride = static_cast<uint32_t>((desc >> 32) & 0x3FFFu) << 4;
+  if ((desc >> 62) != 1) std::abort();  // only the 128-byte swizzle is emulated
+  auto half_at = [](uint32_t word, int which) {
+    __half h;
+    const uint16_t bits = static_cast<uint16_t>(which ? word >> 16 : word & 0xFFFFu);
+    std::memcpy(&h, &bits, sizeof h);
+    return __half2float(h);
+  };
+  auto a_at = [&](int row, int k) {
+    const int lane = (row % 8) * 4 + (k % 8) / 2;
+    const uint32_t* slot = emulation::wgmma_slots[group][32 * (row / 16) + lane];
+    return half_at(slot[(row % 16 >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2);
+  };
+  auto b_at = [&](int k, int col) {
+    uint32_t byte = start + (col / 8) * stride + (col % 8) * 128 + 2 * k;
+    byte ^= ((byte >> 7) & 7u) << 4;
+    __half h;
+    std::memcpy(&h, base + byte, sizeof h);
+    return __half2float(h);
+  };
+  const int warp = t >> 5, lane = t & 31, g = lane >> 2, c = lane & 3;
+  for (int i = 0; i < n / 8; ++i) {
+    for (int e = 0; e < 4; ++e) {
+      const int row = 16 * warp + g + (e >= 2 ? 8 : 0);
+      const int col = 8 * i + 2 * c + (e % 2);
+      float sum = 0.0f;
+      for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+      d[4 * i + e] += sum;
+    }
+  }
+  emulation::group_barrier[group]->arrive_and_wait();
+}
+
 // Replaces `kernel<<<grid, 256, shared, stream>>>(args...)`.
 template <class Kernel, class... Args>
 void emulate_launch(Kernel kernel, dim3 grid, const Args&... args) {
@@ -142,6 +193,11 @@ void emulate_launch(Kernel kernel, dim3 grid, const Args&... args) {
         for (int w = 0; w < emulation::kWarps; ++w) {
           warps.push_back(std::make_unique<std::barrier<>>(32));
           emulation::warp_barrier[w] = warps.back().get();
+        }
+        std::vector<std::unique_ptr<std::barrier<>>> groups;
+        for (int w = 0; w < emulation::kWarps / 4; ++w) {
+          groups.push_back(std::make_unique<std::barrier<>>(128));
+          emulation::group_barrier[w] = groups.back().get();
         }
         emulation::block_barrier = &block;
         std::vector<std::thread> threads;

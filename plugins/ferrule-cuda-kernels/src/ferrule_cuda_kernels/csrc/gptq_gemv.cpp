@@ -38,6 +38,11 @@ int capability_major() {
   return device_attribute(cudaDevAttrComputeCapabilityMajor, major);
 }
 
+int capability_minor() {
+  static std::array<int, 64> minor{};
+  return device_attribute(cudaDevAttrComputeCapabilityMinor, minor);
+}
+
 void check_tensor(const torch::Tensor& t, const char* name, const torch::Tensor& x,
                   at::ScalarType dtype) {
   TORCH_CHECK(t.device() == x.device(), "cuda-gptq-gemv: ", name, " is on ", t.device(),
@@ -139,6 +144,21 @@ torch::Tensor run(ferrule_gemv::Problem& p, const torch::Tensor& x, const torch:
   return out;
 }
 
+// x[:, p.perm] into a new [M, K] tensor that p then reads (without perm); an empty tensor,
+// and p unchanged, when there is no perm. The caller keeps the tensor until the launch.
+torch::Tensor gather_first(ferrule_gemv::Problem& p, const torch::Tensor& x) {
+  if (p.perm == nullptr || p.M == 0) return {};
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto gathered = torch::empty({x.size(0), x.size(1)}, x.options());
+  C10_CUDA_CHECK(ferrule_gemv::gather_rows(p, gathered.data_ptr(),
+                                           c10::cuda::getCurrentCUDAStream().stream()));
+  p.x = gathered.data_ptr();
+  p.x_stride_m = x.size(1);
+  p.x_stride_k = 1;
+  p.perm = nullptr;
+  return gathered;
+}
+
 // y [M, N] = x [M, K] @ W with cuda-gptq-gemv.
 torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
                         const torch::Tensor& qweight, const torch::Tensor& qzeros,
@@ -161,18 +181,34 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
   TORCH_CHECK(capability_major() >= 8, "cuda-gptq-mma: needs sm_80 or later (mma.sync)");
   p.warps_k = static_cast<int>(warps_k);
   p.splits = static_cast<int>(splits);
-  torch::Tensor gathered;  // act-order: x[:, perm] once, rather than in every block
-  if (p.perm != nullptr && p.M > 0) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    gathered = torch::empty({x.size(0), x.size(1)}, x.options());
-    C10_CUDA_CHECK(ferrule_gemv::gather_rows(p, gathered.data_ptr(),
-                                             c10::cuda::getCurrentCUDAStream().stream()));
-    p.x = gathered.data_ptr();
-    p.x_stride_m = x.size(1);
-    p.x_stride_k = 1;
-    p.perm = nullptr;
-  }
+  // act-order: x[:, perm] once, rather than in every block
+  const torch::Tensor gathered = gather_first(p, x);
   return run(p, x, counters, ferrule_gemv::plan_mma, ferrule_gemv::launch_mma);
+}
+
+// y [M, N] = x [M, K] @ W with cuda-gptq-wgmma (float16, 4-bit, sm_90). `order` [K] is the
+// layer's row order folded with the kernel's K order (gptq_wgmma.cu): x[:, order] is gathered
+// first. tokens and splits force the plan's choices (0: choose), for tuning.
+torch::Tensor gptq_wgmma(const torch::Tensor& x, const torch::Tensor& order,
+                         const torch::Tensor& qweight, const torch::Tensor& qzeros,
+                         const torch::Tensor& scales, const torch::Tensor& counters,
+                         int64_t group_size, int64_t tokens, int64_t splits) {
+  auto p = problem_for("cuda-gptq-wgmma", x, order, qweight, qzeros, scales, counters, 4,
+                       group_size);
+  TORCH_CHECK(!p.bf16, "cuda-gptq-wgmma: x must be float16, got ", x.scalar_type());
+  {
+    const c10::cuda::CUDAGuard guard(x.device());
+    TORCH_CHECK(capability_major() == 9 && capability_minor() == 0,
+                "cuda-gptq-wgmma: needs an sm_90 device (Hopper's wgmma), got sm_",
+                capability_major(), capability_minor());
+  }
+  TORCH_CHECK(p.K % 64 == 0 && (p.group_size % 64 == 0 || p.group_size >= p.K),
+              "cuda-gptq-wgmma: K=", p.K, " must be a multiple of 64 and group_size=",
+              p.group_size, " a multiple of 64 (or all of K)");
+  p.tokens = static_cast<int>(tokens);
+  p.splits = static_cast<int>(splits);
+  const torch::Tensor gathered = gather_first(p, x);
+  return run(p, x, counters, ferrule_gemv::plan_wgmma, ferrule_gemv::launch_wgmma);
 }
 
 // (tile_rows, splits, units_per_split) that gptq_gemv would use: for tests and benchmarks.
@@ -203,6 +239,21 @@ std::vector<int64_t> gptq_mma_plan(int64_t M, int64_t K, int64_t N, int64_t coun
   return {p.tokens, p.loads, p.warps_k, p.splits, p.units_per_split};
 }
 
+// (tokens, splits, steps_per_split) that gptq_wgmma would use.
+std::vector<int64_t> gptq_wgmma_plan(int64_t M, int64_t K, int64_t N, int64_t counter_capacity,
+                                     int64_t tokens, int64_t splits) {
+  ferrule_gemv::Problem p{};
+  p.M = static_cast<int>(M);
+  p.K = static_cast<int>(K);
+  p.N = static_cast<int>(N);
+  p.bits = 4;
+  p.group_size = static_cast<int>(K);
+  p.tokens = static_cast<int>(tokens);
+  p.splits = static_cast<int>(splits);
+  ferrule_gemv::plan_wgmma(p, multiprocessors(), counter_capacity);
+  return {p.tokens, p.splits, p.units_per_split};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -211,4 +262,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gptq_mma", &gptq_mma, "y = x @ W for a GPTQ 4-bit layer, float16 x (cuda-gptq-mma)");
   m.def("gptq_mma_plan", &gptq_mma_plan,
         "(tokens, loads, warps_k, splits, units_per_split) for a shape");
+  m.def("gptq_wgmma", &gptq_wgmma,
+        "y = x @ W for a GPTQ 4-bit layer, float16 x, sm_90 (cuda-gptq-wgmma)");
+  m.def("gptq_wgmma_plan", &gptq_wgmma_plan, "(tokens, splits, steps_per_split) for a shape");
 }

@@ -122,7 +122,7 @@ template <int LOADS>
 struct Held {
   int4 words[LOADS];   // word row c of columns 32 l + 4 g .. + 3
   uint2 scales[LOADS];  // their 4 scales (float16 bits)
-  uint32_t zeros[LOADS];  // their 4 zero points, 4 bits each from bit 0
+  uint32_t zeros[LOADS];  // the words of 8 zero points that hold theirs (from bit 4 (4 g % 8))
 };
 
 // The scale of column k of load l (float16).
@@ -174,6 +174,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
   const int N = p.N;
   const int M = p.M;
   const int warp_col = blockIdx.x * block_cols + wn * kWarpCols;
+  const int zero_shift = 4 * ((4 * g) % 8);  // of the thread's columns in their zero words
   const int row0 = blockIdx.z * TOKENS;
   const int words = p.K / 8;
   const int units = (words + kUnitWords - 1) / kUnitWords;
@@ -203,7 +204,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
       h.words[l] = in && static_cast<int>(row) < words ? __ldcs(qweight + row * n4 + col / 4)
                                                        : make_int4(0, 0, 0, 0);
       h.scales[l] = in ? __ldg(scales + group * n4 + col / 4) : make_uint2(0u, 0u);
-      h.zeros[l] = in ? __ldg(qzeros + group * zero_words + col / 8) >> (4 * (col % 8)) : 0u;
+      // Shifted when dequantized, not here: using a load right away would wait for it.
+      h.zeros[l] = in ? __ldg(qzeros + group * zero_words + col / 8) : 0u;
     }
   };
 
@@ -234,7 +236,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const uint32_t w = column_word(h.words[l], k);
-        const uint32_t z = (h.zeros[l] >> (4 * k)) & 0xFu;
+        const uint32_t z = (h.zeros[l] >> (zero_shift + 4 * k)) & 0xFu;
         // (1024 + z, 1024 + z) and (-(64 + z), -(64 + z)): the halves never carry.
         const __half2 low_zero = bits_half2(z * 0x00010001u + 0x64006400u);
         const __half2 high_zero = bits_half2(z * 0x00100010u + 0xD400D400u);

@@ -1,0 +1,530 @@
+// cuda-gptq-wgmma: y = x @ W for float16 x and a GPTQ 4-bit weight on Hopper's warpgroup MMA
+// (wgmma, sm_90a), for batches of 9 rows and more.
+//
+// The product runs transposed, out^T = W^T x^T, as in cuda-gptq-mma: the weight is the A
+// operand and comes from registers, where each thread dequantizes its own 16-byte loads of
+// packed words, and x is the B operand, which wgmma reads from shared memory. Thread 4 g + c of
+// warp w of a warpgroup loads, for each 32 rows of K, word row c of 4 adjacent columns (4 g ..
+// 4 g + 3 of the warp's 32); tile j (two m64 tiles a warpgroup, 128 columns) takes its row
+// 16 w + g from column 2 j of the thread's list and row 16 w + g + 8 from column 2 j + 1, and
+// the 16 K positions of the thread's fragments are its word's code pairs (2 s, 2 s + 4) and
+// (2 s + 1, 2 s + 5) for K step s: wgmma's A fragment layout per warp is mma.sync's, so the
+// mapping, the LOP3 unpacking and the exact q - z are cuda-gptq-mma's. The scale multiplies
+// the fragments (HMUL2), so the weight rounds once to float16, as a dequantize-then-matmul's.
+//
+// x must then sit in shared memory in that K order: within every 32 rows of K, logical
+// position 16 s + 2 t + e holds row 8 t + 2 s + 4 e and position 16 s + 8 + 2 t + e row
+// 8 t + 2 s + 1 + 4 e. The binding gathers x into that order once per call (gather_rows with
+// the layer's `order`, which folds act-order's perm in as well, so act-order costs nothing
+// more), and the kernel copies tiles of it with cp.async into a ring of kStages stages, in the
+// 128-byte swizzled K-major layout wgmma's descriptors name: row r of a stage (one row of x,
+// 64 rows of K, 128 bytes) holds its 16-byte chunk q at chunk q ^ (r % 8).
+//
+// A block is two warpgroups side by side (256 columns) over TOKENS rows of x (16 to 128: the
+// wgmma's N), stepping through K 64 rows at a time (two units, four k16 wgmmas a tile). Each
+// warpgroup issues a step's wgmmas, then dequantizes the next step's weight into a second set
+// of fragment registers while they run, and loads the step after next. Splitting K across
+// blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a float32
+// workspace, the last block of a tile adds).
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "gptq_gemv.h"
+#include "kernel_common.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FERRULE_WGMMA 1
+#else
+#define FERRULE_WGMMA 0
+#endif
+
+#ifndef FERRULE_WGMMA_PROXY_FENCE
+#define FERRULE_WGMMA_PROXY_FENCE 1
+#endif
+
+#ifndef FERRULE_WGMMA_STAGES
+#define FERRULE_WGMMA_STAGES 4
+#endif
+
+namespace ferrule_gemv {
+namespace {
+
+using common::and_or;
+using common::bits_half2;
+using common::column_word;
+using common::half2_bits;
+
+#ifndef FERRULE_WGMMA_GROUPS
+#define FERRULE_WGMMA_GROUPS 2
+#endif
+constexpr int kGroups = FERRULE_WGMMA_GROUPS;  // warpgroups a block
+constexpr int kThreads = 128 * kGroups;
+constexpr int kGroupCols = 128;  // columns a warpgroup multiplies: two m64 tiles
+constexpr int kBlockCols = kGroupCols * kGroups;
+constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
+constexpr int kStages = FERRULE_WGMMA_STAGES;  // x tiles in flight
+static_assert(kStages >= 3, "a stage being read, one landing, one being copied");
+constexpr int kMinStepsPerSplit = 4;
+constexpr int kAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 128 bytes
+template <int TOKENS>
+constexpr int kStageBytes = TOKENS * kStepRows * 2;
+template <int TOKENS>
+constexpr int kSharedBytes = kStages * kStageBytes<TOKENS> + kAlign;
+
+// d += a b for one m64nNk16 tile: A (64 x 16 float16) from registers, B (16 x N float16,
+// K-major, 128-byte swizzle) from shared memory through `desc`, float32 sums.
+template <int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc);
+
+#if FERRULE_WGMMA
+template <>
+__device__ __forceinline__ void wgmma_rs<16>(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7"
+      "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<32>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+      "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+
+#endif  // FERRULE_WGMMA
+
+__device__ __forceinline__ void wgmma_fence() {
+#if FERRULE_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_commit() {
+#if FERRULE_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+
+// Waits until at most kPending of this warpgroup's wgmma groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+#if FERRULE_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
+#endif
+}
+
+// Keeps the compiler from moving reads or writes of an accumulator across the asynchronous
+// wgmma that owns it.
+__device__ __forceinline__ void pin(float& r) {
+#if FERRULE_WGMMA
+  asm volatile("" : "+f"(r)::"memory");
+#else
+  (void)r;
+#endif
+}
+
+// The shared-memory address of `p` (on the host: its offset from `base`, the emulation's
+// buffer, which is aligned like the device's).
+__device__ __forceinline__ uint32_t shared_address(const void* p, const void* base) {
+#ifdef __CUDA_ARCH__
+  (void)base;
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#else
+  return static_cast<uint32_t>(static_cast<const char*>(p) - static_cast<const char*>(base));
+#endif
+}
+
+// A descriptor of a K-major operand tile in the 128-byte swizzle at shared address `address`:
+// rows of 128 bytes, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ uint64_t descriptor(uint32_t address) {
+  return static_cast<uint64_t>((address >> 4) & 0x3FFFu) | (uint64_t{1} << 16) |
+         (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+
+template <int N>
+__device__ __forceinline__ void mma_step(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc,
+                                         const char* base) {
+#if FERRULE_WGMMA
+  (void)base;
+  wgmma_rs<N>(d, a, desc);
+#elif defined(__CUDA_ARCH__)
+  (void)d; (void)a; (void)desc; (void)base;
+  __trap();  // the binding refuses devices other than sm_90
+#elif defined(FERRULE_GEMV_EMULATED)
+  emulated_wgmma(d, N, a, desc, base);  // tests/emulation/cuda_host_shim.h
+#endif
+}
+
+// 16 bytes from global `src` to shared `dst` (zeros when !ok), asynchronously on the device.
+__device__ __forceinline__ void copy16(void* dst, uint32_t dst_address, const void* src, bool ok) {
+#ifdef __CUDA_ARCH__
+  (void)dst;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst_address), "l"(src),
+               "r"(ok ? 16 : 0));
+#else
+  (void)dst_address;
+  if (ok) {
+    std::memcpy(dst, src, 16);
+  } else {
+    std::memset(dst, 0, 16);
+  }
+#endif
+}
+
+__device__ __forceinline__ void copy_commit() {
+#ifdef __CUDA_ARCH__
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Waits until at most `kPending` of this thread's copy groups are in flight, then makes the
+// copies visible to wgmma (the async proxy).
+template <int kPending>
+__device__ __forceinline__ void copy_wait() {
+#ifdef __CUDA_ARCH__
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+#if FERRULE_WGMMA && FERRULE_WGMMA_PROXY_FENCE
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+#endif
+}
+
+// One step's weight, scales and zeros for the thread's 4 columns.
+struct Held {
+  int4 words[2];  // word rows c and 4 + c of the step, columns col .. col + 3
+  uint2 scales;   // their scales (float16 bits)
+  uint32_t zeros;  // the word of 8 zero points that holds theirs (from bit 4 (col % 8))
+};
+
+// Fragments of one step: [unit][K step s][tile j][register].
+using Fragments = uint32_t[2][2][2][4];
+
+// Two blocks a multiprocessor (at most 128 registers a thread) at 16 rows, where the
+// weight's bandwidth bounds the kernel; one from 32 (at 32, two spill).
+template <int TOKENS>
+constexpr int kMinBlocks = (TOKENS <= 16 ? 2 : 1) * (kGroups == 1 ? 2 : 1);
+
+template <int TOKENS>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_wgmma_kernel(const Problem p) {
+  constexpr int kSums = TOKENS / 2;  // float32 sums a thread holds per tile
+#ifdef FERRULE_GEMV_EMULATED
+  __shared__ __align__(1024) char raw[kSharedBytes<TOKENS>];
+#else
+  extern __shared__ __align__(16) char raw[];
+#endif
+  __shared__ bool last_block;
+  const uint32_t raw_address = shared_address(raw, raw);
+  char* const smem = raw + ((kAlign - raw_address % kAlign) % kAlign);
+  const uint32_t smem_address = shared_address(smem, raw);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;  // warp w of warpgroup warp / 4 is warp % 4
+  const int g = lane >> 2;
+  const int c = lane & 3;
+  const int N = p.N;
+  const int M = p.M;
+  const int K = p.K;
+  const int col = blockIdx.x * kBlockCols + (warp / 4) * kGroupCols + (warp % 4) * 32 + 4 * g;
+  const bool col_in = col < N;  // N % 4 == 0: the thread's 4 columns are all in or all out
+  const int zero_shift = 4 * (col % 8);
+  const int row0 = blockIdx.z * TOKENS;
+  const int steps = K / kStepRows;
+  const int step_begin = blockIdx.y * p.units_per_split;
+  const int step_end = min(step_begin + p.units_per_split, steps);
+  const uint32_t n4 = N / 4;
+  const int4* __restrict__ qweight = reinterpret_cast<const int4*>(p.qweight);
+  const uint2* __restrict__ scales = reinterpret_cast<const uint2*>(p.scales);
+  const uint32_t* __restrict__ qzeros = reinterpret_cast<const uint32_t*>(p.qzeros);
+  const __half* __restrict__ x = static_cast<const __half*>(p.x);  // gathered: [M][K]
+
+  // The thread's words of step 0 (word row c, unit 0); step s, unit u is 8 s + 4 u rows on.
+  const int4* const words = qweight + c * n4 + col / 4;
+  const int group_shift = p.group_shift;
+  const int group_size = p.group_size;
+  const uint32_t zero_words = N / 8;
+  auto fetch = [&](Held& h, int step) {
+    const bool ok = step < step_end && col_in;
+    const int k = step * kStepRows;
+    const uint32_t group = ok ? (group_shift >= 0 ? k >> group_shift : k / group_size) : 0u;
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const uint32_t row = static_cast<uint32_t>(step) * 8 + 4 * u;
+      h.words[u] = ok ? __ldcs(words + row * n4) : make_int4(0, 0, 0, 0);
+    }
+    h.scales = ok ? __ldg(scales + group * n4 + col / 4) : make_uint2(0u, 0u);
+    // Shifted when dequantized, not here: using a load right away would wait for it.
+    h.zeros = ok ? __ldg(qzeros + group * zero_words + col / 8) : 0u;
+  };
+
+  // (q - z) s of each code of the held step, as the fragments of its 4 k16 wgmmas.
+  auto dequantize = [&](const Held& h, Fragments& a) {
+    const __half2 sixteenth = bits_half2(0x2C002C00u);  // 1/16
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      uint32_t wp[4][4];  // [column k of the list][code pair]
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t w = column_word(h.words[u], k);
+        const uint32_t z = (h.zeros >> (zero_shift + 4 * k)) & 0xFu;
+        const uint32_t scale_pair = k < 2 ? h.scales.x : h.scales.y;
+        const uint32_t scale_bits = (k & 1) ? scale_pair >> 16 : scale_pair & 0xFFFFu;
+        const __half2 scale = bits_half2(scale_bits * 0x00010001u);
+        // (1024 + z, 1024 + z) and (-(64 + z), -(64 + z)): the halves never carry.
+        const __half2 low_zero = bits_half2(z * 0x00010001u + 0x64006400u);
+        const __half2 high_zero = bits_half2(z * 0x00100010u + 0xD400D400u);
+        const uint32_t shifted = w >> 8;
+        __half2 v[4];
+        v[0] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(w)), low_zero);
+        v[1] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(w)), sixteenth, high_zero);
+        v[2] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(shifted)), low_zero);
+        v[3] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(shifted)), sixteenth, high_zero);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) wp[k][i] = half2_bits(__hmul2(v[i], scale));
+      }
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          a[u][s][j][0] = wp[2 * j][2 * s];
+          a[u][s][j][1] = wp[2 * j + 1][2 * s];
+          a[u][s][j][2] = wp[2 * j][2 * s + 1];
+          a[u][s][j][3] = wp[2 * j + 1][2 * s + 1];
+        }
+      }
+    }
+  };
+
+  // Copies x[row0 .. row0 + TOKENS][the step's 64 rows of K] into its stage (zeros past M, and
+  // for steps past the split's end). Thread tid copies chunk q = tid % 8 (8 rows of K) of rows
+  // r = tid / 8 + 32 j of the tile, which all swizzle alike (r % 8 is the same).
+  constexpr int kPassRows = kThreads / 8;
+  constexpr int kCopies = (TOKENS + kPassRows - 1) / kPassRows;
+  const int xr = tid >> 3;
+  const int xq = tid & 7;
+  const uint32_t x_offset = xr * 128 + ((xq ^ (xr & 7)) << 4);
+  const __half* const x_first = x + static_cast<int64_t>(min(row0 + xr, M - 1)) * K + 8 * xq;
+  uint32_t x_rows = 0;  // bit j: row tid / 8 + 32 j is in the tile and in x
+#pragma unroll
+  for (int j = 0; j < kCopies; ++j) {
+    if (xr + kPassRows * j < TOKENS && row0 + xr + kPassRows * j < M) x_rows |= 1u << j;
+  }
+  auto stage_x = [&](int step) {
+    const uint32_t stage = static_cast<uint32_t>(step - step_begin) % kStages;
+    const uint32_t offset = stage * kStageBytes<TOKENS> + x_offset;
+    const bool step_ok = step < step_end;
+#pragma unroll
+    for (int j = 0; j < kCopies; ++j) {
+      const bool ok = step_ok && ((x_rows >> j) & 1u);
+      const __half* src = ok ? x_first + static_cast<int64_t>(kPassRows * j) * K + step * kStepRows : x;
+      const uint32_t at = offset + kPassRows * j * 128;
+      if (xr + kPassRows * j < TOKENS) copy16(smem + at, smem_address + at, src, ok);
+    }
+  };
+
+  float acc[2][kSums];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) acc[j][i] = 0.0f;
+  }
+
+  // Issues the step's wgmmas with fragments `a`, leaving them in flight; once the previous
+  // step's are done (its fragments `next` and, after the barrier, its stage of x are free),
+  // copies x for kStages - 1 steps on into that stage, dequantizes `h` (the next step) into
+  // `next` and refills `h` with the step after. The tensor cores always have a step queued.
+  const uint64_t first_desc = descriptor(smem_address);  // stage 0, k16 step 0
+  auto run_step = [&](int step, const Fragments& a, Fragments& next, Held& h) {
+    const uint32_t stage = static_cast<uint32_t>(step - step_begin) % kStages;
+    wgmma_fence();
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        // The start address field (address / 16) moves with the stage and the k16 step.
+        const uint64_t desc = first_desc + ((stage * kStageBytes<TOKENS> + 32 * (2 * u + s)) >> 4);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) mma_step<TOKENS>(acc[j], a[u][s][j], desc, raw);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<1>();  // the previous step's wgmmas
+    copy_wait<kStages - 3>();  // the next step's stage has landed (this thread's copies) ...
+    __syncthreads();  // ... everyone's; and no warpgroup still reads the previous step's stage
+    stage_x(step + kStages - 1);
+    copy_commit();
+    dequantize(h, next);
+    fetch(h, step + 3);  // h held step + 1; the other slot holds step + 2
+  };
+
+  // Start streaming the weight before waiting on anything (PDL), then x.
+  Held held[2];
+  fetch(held[0], step_begin);
+  fetch(held[1], step_begin + 1);
+  common::wait_for_inputs();  // x is the gather kernel's output
+  for (int s = 0; s < kStages - 1; ++s) {
+    stage_x(step_begin + s);
+    copy_commit();
+  }
+  Fragments frag[2];
+  dequantize(held[0], frag[0]);
+  fetch(held[0], step_begin + 2);
+  copy_wait<kStages - 2>();
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) pin(acc[j][i]);
+  }
+  for (int step = step_begin; step < step_end; step += 2) {
+    run_step(step, frag[0], frag[1], held[1]);
+    if (step + 1 < step_end) run_step(step + 1, frag[1], frag[0], held[0]);
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+#pragma unroll
+    for (int i = 0; i < kSums; ++i) pin(acc[j][i]);
+  }
+  common::release_dependents();
+
+  // Sum i of tile j: column col + 2 j + (i % 4) / 2 of the list, row 8 (i / 4) + 2 c + i % 2.
+  const int splits = gridDim.y;
+  __half* __restrict__ out = static_cast<__half*>(p.out);
+#pragma unroll
+  for (int i = 0; i < kSums / 4; ++i) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int token = row0 + 8 * i + 2 * c + e;
+      if (token >= M || !col_in) continue;
+      const float v[4] = {acc[0][4 * i + e], acc[0][4 * i + 2 + e], acc[1][4 * i + e],
+                          acc[1][4 * i + 2 + e]};
+      const size_t at = static_cast<size_t>(token) * N + col;
+      if (splits == 1) {
+        const __half2 lo = __floats2half2_rn(v[0], v[1]);
+        const __half2 hi = __floats2half2_rn(v[2], v[3]);
+        *reinterpret_cast<uint2*>(out + at) = make_uint2(half2_bits(lo), half2_bits(hi));
+      } else {
+        *reinterpret_cast<float4*>(p.workspace + static_cast<size_t>(blockIdx.y) * M * N + at) =
+            make_float4(v[0], v[1], v[2], v[3]);
+      }
+    }
+  }
+  if (splits == 1) return;
+  common::add_up_splits<__half, kThreads>(p.counters, p.workspace, out, M, N, row0, TOKENS,
+                                          blockIdx.x * kBlockCols, kBlockCols,
+                                          blockIdx.z * gridDim.x + blockIdx.x, splits, last_block);
+}
+
+template <int TOKENS>
+struct Kernel {
+  static constexpr auto kernel = gptq_wgmma_kernel<TOKENS>;
+  static int occupancy() {
+    static const int blocks = common::resident_blocks(kernel, kThreads, kSharedBytes<TOKENS>);
+    return blocks;
+  }
+  static cudaError_t launch(const Problem& p, cudaStream_t stream) {
+    const dim3 grid((p.N + kBlockCols - 1) / kBlockCols, p.splits, (p.M + TOKENS - 1) / TOKENS);
+    static const cudaError_t allowed = common::allow_shared(kernel, kSharedBytes<TOKENS>);
+    if (allowed != cudaSuccess) return allowed;
+    return common::launch_kernel(kernel, grid, kThreads, kSharedBytes<TOKENS>, stream, p.pdl, p);
+  }
+};
+
+template <typename F>
+auto dispatch(const Problem& p, F&& f) {
+  switch (p.tokens) {
+    case 16: return f(Kernel<16>{});
+    case 32: return f(Kernel<32>{});
+    case 64: return f(Kernel<64>{});
+    default: return f(Kernel<128>{});
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
+  plan_groups(p);
+  if (p.tokens != 16 && p.tokens != 32 && p.tokens != 64 && p.tokens != 128) {
+    p.tokens = p.M <= 16 ? 16 : p.M <= 32 ? 32 : p.M <= 64 ? 64 : 128;
+  }
+  p.loads = 2;
+  const int64_t steps = p.K / kStepRows;
+  const int64_t tiles = ceil_div(p.N, kBlockCols) * ceil_div(p.M, p.tokens);
+  int64_t splits = p.splits;
+  if (splits <= 0) {
+    const int64_t resident =
+        static_cast<int64_t>(num_sms) * dispatch(p, [](auto k) { return decltype(k)::occupancy(); });
+    splits = std::min(resident / tiles, steps / kMinStepsPerSplit);
+  }
+  if (tiles > counter_capacity) splits = 1;
+  splits = std::max<int64_t>(1, std::min(splits, steps));
+  const int64_t per_split = ceil_div(steps, splits);
+  p.units_per_split = static_cast<int>(per_split);  // steps of 64 rows here
+  p.splits = static_cast<int>(ceil_div(steps, per_split));
+}
+
+cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream) {
+  return dispatch(p, [&](auto k) { return decltype(k)::launch(p, stream); });
+}
+
+}  // namespace ferrule_gemv

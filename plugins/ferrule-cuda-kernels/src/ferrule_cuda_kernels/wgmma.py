@@ -1,0 +1,58 @@
+"""``cuda-gptq-wgmma``: a CUDA C++ kernel on Hopper's warpgroup MMA for batches of 9 rows and up.
+
+``y = x[..., input_perm] @ W_sorted`` for 4-bit layers and float16 activations on sm_90,
+reading ``qweight``, ``qzeros`` and ``scales`` as the layer holds them, like
+:mod:`ferrule_cuda_kernels.mma` (the same extension and checks). The kernel
+(``csrc/gptq_wgmma.cu``, whose header comment gives the design) dequantizes each thread's
+16-byte weight loads straight into wgmma's A fragments and streams ``x`` through a ring of
+shared-memory stages that wgmma reads as its B operand. ``x`` is first gathered into the K
+order the fragments take (:func:`kernel_order`), folded with act-order's ``input_perm``, so
+act-order layers cost what in-order ones do.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ferrule_cuda_kernels.gemv import CudaGptqGemv
+
+
+def kernel_order(in_features: int) -> Tensor:
+    """Position ``i`` of the kernel's K order holds row ``kernel_order(K)[i]`` of K.
+
+    Within every 32 rows (one unit: 4 packed words a column), position ``16 s + 8 h + 2 t + e``
+    holds row ``8 t + 2 s + h + 4 e``: the codes a thread's A fragments hold for K step ``s``
+    (``t`` the thread's word, ``h`` the register pair, ``e`` the half).
+    """
+    if in_features % 32:
+        raise ValueError(f"the K order covers units of 32 rows; in_features={in_features}")
+    at = torch.arange(in_features)
+    within = at % 32
+    s, h, t, e = within // 16, (within // 8) % 2, (within % 8) // 2, within % 2
+    return at - within + 8 * t + 2 * s + h + 4 * e
+
+
+class CudaGptqWgmma(CudaGptqGemv):
+    """``forward(x) = x @ W`` for a 4-bit ``QuantLinear`` and float16 ``x`` on an sm_90 device."""
+
+    name = "cuda-gptq-wgmma"
+    dtypes = (torch.float16,)
+
+    def __init__(self, layer: torch.nn.Module):
+        if layer.bits != 4:
+            raise ValueError(f"cuda-gptq-wgmma serves 4-bit layers, not {layer.bits}-bit")
+        super().__init__(layer)
+        order = kernel_order(self.in_features).to(layer.qweight.device)
+        if self.perm is not None:
+            order = self.perm[order]
+        self.order = order.to(torch.int32).contiguous()
+        # 0: the kernel's plan chooses; benchmarks may force them.
+        self.tokens = 0
+        self.splits = 0
+
+    def _launch(self, rows: Tensor, scales: Tensor) -> Tensor:
+        return self.module.gptq_wgmma(
+            rows, self.order, self.qweight, self.qzeros, scales, self.counters, self.group_size,
+            self.tokens, self.splits,
+        )  # fmt: skip
