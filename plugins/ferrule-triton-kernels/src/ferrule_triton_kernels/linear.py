@@ -5,9 +5,10 @@ once, ``KernelSpec.sorted_groups``; ``handles_input_perm = True``: at one row th
 gather ``x`` as they load it; from two rows on ``x`` is gathered once before the launch
 (:func:`~ferrule_triton_kernels.gather.gather_columns`), because gathering it per K block
 keeps Triton from pipelining the loads of ``x``: 1.1-13x slower than in-order layers at
-M = 2 to 256 with the transposed tiles, H100, 2026-11-27. The up-front gather takes 1.8-2.9 us
-at M = 4-16 (``index_select`` 4.9-5.4 us) and leaves act-order layers 3-15% slower at M = 4
-to 64, same card). Per call it looks up
+M = 2 to 256 with the transposed tiles, H100, 2026-11-27. The up-front gather takes 2-5 us
+at M = 16 (``index_select`` 5-6 us) and, gathering whole rows on chip from 64 rows, 8-17 us
+at M = 256 and 8-67 us at M = 1024 (K = 4096 to 28,672; by column blocks it took up to
+435 us), same card). Per call it looks up
 the launch configuration for the number of rows ``M``
 (:func:`~ferrule_triton_kernels.configs.configs_for`, memoized per ``M``) and runs the
 small-batch split-K program or the tiled GEMM. Bias is added by ``QuantLinear``.
