@@ -1,4 +1,5 @@
-"""Fixtures of the CUDA kernels' tests: the host emulation of the kernels, a CUDA-graph replay.
+"""Fixtures of the CUDA kernels' tests: the host emulation of the kernels, random layers, checks
+of forced plans and of a CUDA-graph replay.
 
 The emulation (``emulation/cuda_host_shim.h``) is built once a session.
 
@@ -17,7 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ferrule_core.testing.kernels import float64_reference, relative_error
+from ferrule_core import load_plugins
+from ferrule_core.quant_linear import QuantLinear
+from ferrule_core.testing.kernels import (
+    TOLERANCE,
+    float64_reference,
+    random_gptq_tensors,
+    relative_error,
+)
 from ferrule_cuda_kernels import extension
 
 SHIM = Path(__file__).with_name("emulation") / "cuda_host_shim.h"
@@ -182,3 +190,62 @@ def graph_replay_errors():
         return found
 
     return errors
+
+
+def _random_layer(k, n, bits, group_size, desc_act, sym, seed, **kwargs) -> QuantLinear:
+    gen = torch.Generator().manual_seed(seed)
+    tensors = random_gptq_tensors(k, n, bits, group_size, desc_act=desc_act, sym=sym, generator=gen)
+    return QuantLinear.from_tensors(tensors, bits, group_size, desc_act=desc_act, sym=sym, **kwargs)
+
+
+@pytest.fixture
+def sorted_layer():
+    """``make(k, n, group_size, desc_act, sym, seed=0)``: a random 4-bit layer on the CPU with
+    its rows sorted by group, as ``QuantLinear`` sorts them for a ``sorted_groups`` kernel."""
+
+    def make(k, n, group_size, desc_act, sym, seed=0):
+        layer = _random_layer(k, n, 4, group_size, desc_act, sym, seed)
+        layer.sort_groups()
+        return layer
+
+    return make
+
+
+@pytest.fixture
+def kernel_layer():
+    """``make(kernel, k, n, group_size, *, bits=4, desc_act=False, sym=True, seed=0)``: a
+    random ``QuantLinear`` on the GPU that runs ``kernel``."""
+
+    def make(kernel, k, n, group_size, *, bits=4, desc_act=False, sym=True, seed=0):
+        layer = _random_layer(
+            k, n, bits, group_size, desc_act, sym, seed, kernel=kernel, registry=load_plugins()
+        )
+        return layer.to("cuda")
+
+    return make
+
+
+@pytest.fixture
+def forced_plans():
+    """``check(layer, row_counts, plans, names)``: for each row count and each plan (values of
+    the kernel object's attributes ``names``, e.g. ``warps_k, splits``), two calls on float16
+    rows agree with each other (the split-K counters are left at zero) and with the float64
+    oracle."""
+
+    def check(layer, row_counts, plans, names):
+        gen = torch.Generator().manual_seed(1)
+        for rows in row_counts:
+            x = torch.randn(rows, layer.in_features, generator=gen).half().cuda()
+            expected = float64_reference(layer, x)
+            for plan in plans:
+                with torch.no_grad():
+                    layer(x)  # builds the kernel object on first use
+                for name, value in zip(names, plan, strict=True):
+                    setattr(layer._kernel, name, value)
+                with torch.no_grad():
+                    first, second = layer(x), layer(x)
+                err = relative_error(first, expected)
+                assert err < TOLERANCE["float16"], f"{rows} rows, {plan}: error {err:.2e}"
+                assert torch.equal(first, second), "a second call must not see the first's counters"
+
+    return check

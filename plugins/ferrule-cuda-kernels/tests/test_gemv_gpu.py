@@ -28,21 +28,6 @@ class TestCudaGptqGemv(KernelConformance):
     batch_shapes = ((1,), (3,), (8,), (2, 4), (33,))
 
 
-def make_layer(k, n, bits, group_size, *, desc_act=False, sym=True, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    tensors = random_gptq_tensors(k, n, bits, group_size, desc_act=desc_act, sym=sym, generator=gen)
-    layer = QuantLinear.from_tensors(
-        tensors,
-        bits,
-        group_size,
-        desc_act=desc_act,
-        sym=sym,
-        kernel="cuda-gptq-gemv",
-        registry=load_plugins(),
-    )
-    return layer.to("cuda")
-
-
 # (K, N, bits, group_size, desc_act, sym): 4096 x 1000 ends on a partial column tile;
 # K = 4104 per-channel ends on a partial unit of 32 rows.
 LARGE = [
@@ -55,8 +40,8 @@ LARGE = [
 
 @pytest.mark.parametrize(("k", "n", "bits", "group_size", "desc_act", "sym"), LARGE)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_large_layers_split_k(k, n, bits, group_size, desc_act, sym, dtype):
-    layer = make_layer(k, n, bits, group_size, desc_act=desc_act, sym=sym)
+def test_large_layers_split_k(kernel_layer, k, n, bits, group_size, desc_act, sym, dtype):
+    layer = kernel_layer("cuda-gptq-gemv", k, n, group_size, bits=bits, desc_act=desc_act, sym=sym)
     gen = torch.Generator().manual_seed(1)
     for rows in (1, 3, 8, 20):
         x = torch.randn(rows, k, generator=gen).to(dtype).cuda()
@@ -72,9 +57,9 @@ def test_large_layers_split_k(k, n, bits, group_size, desc_act, sym, dtype):
     assert plan[0] == 1 and plan[1] > 1, f"expected a split-K plan at one row, got {plan}"
 
 
-def test_activations_of_large_magnitude():
+def test_activations_of_large_magnitude(kernel_layer):
     """Products are formed at 2^-64 scale; large inputs must not overflow or lose precision."""
-    layer = make_layer(1024, 256, 4, 128, sym=False)
+    layer = kernel_layer("cuda-gptq-gemv", 1024, 256, 128, bits=4, sym=False)
     for scale in (1e-4, 1.0, 3e4):
         x = (torch.randn(2, 1024) * scale).to(torch.bfloat16).cuda()
         with torch.no_grad():
@@ -83,9 +68,9 @@ def test_activations_of_large_magnitude():
 
 
 @pytest.mark.parametrize("rows", [1, 2])
-def test_float16_sums_neither_overflow_nor_lose_small_inputs(rows):
+def test_float16_sums_neither_overflow_nor_lose_small_inputs(kernel_layer, rows):
     """The half2 path forms float16 sums at a scale chosen from the largest |x| of each chunk."""
-    layer = make_layer(4096, 512, 4, 128, sym=False)
+    layer = kernel_layer("cuda-gptq-gemv", 4096, 512, 128, bits=4, sym=False)
     gen = torch.Generator().manual_seed(2)
     for scale in (1e-3, 1.0, 1e4):
         x = torch.randn(rows, 4096, generator=gen) * scale
@@ -96,14 +81,14 @@ def test_float16_sums_neither_overflow_nor_lose_small_inputs(rows):
         assert err < TOLERANCE["float16"], f"x scale {scale}: relative error {err:.2e}"
 
 
-def test_cuda_graph_replay(graph_replay_errors):
-    layer = make_layer(2048, 1024, 4, 128, desc_act=True)
+def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
+    layer = kernel_layer("cuda-gptq-gemv", 2048, 1024, 128, bits=4, desc_act=True)
     errors = graph_replay_errors(layer, 1)
     assert max(errors) < TOLERANCE["float16"], errors
 
 
-def test_gradients_reach_the_input():
-    layer = make_layer(512, 256, 4, 128, desc_act=True)
+def test_gradients_reach_the_input(kernel_layer):
+    layer = kernel_layer("cuda-gptq-gemv", 512, 256, 128, bits=4, desc_act=True)
     x = torch.randn(3, 512, dtype=torch.float32).cuda().half().requires_grad_()
     layer(x).float().sum().backward()
     weight = layer.dequantize_weight(torch.float64)  # [N, K], original row order

@@ -16,7 +16,6 @@ from ferrule_core.quant_linear import QuantLinear
 from ferrule_core.testing.kernels import (
     TOLERANCE,
     float64_reference,
-    random_gptq_tensors,
     relative_error,
 )
 
@@ -51,14 +50,6 @@ def run(lib, layer: QuantLinear, x: torch.Tensor, warps_k: int = 0, splits: int 
     return out.reshape(*x.shape[:-1], n), plan
 
 
-def sorted_layer(k, n, group_size, desc_act, sym, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    tensors = random_gptq_tensors(k, n, 4, group_size, desc_act=desc_act, sym=sym, generator=gen)
-    layer = QuantLinear.from_tensors(tensors, 4, group_size, desc_act=desc_act, sym=sym)
-    layer.sort_groups()  # as QuantLinear does for a sorted_groups kernel
-    return layer
-
-
 def check(lib, layer, x, **plan):
     out, chosen = run(lib, layer, x, **plan)
     err = relative_error(out, float64_reference(layer, x))
@@ -78,14 +69,14 @@ CASES = [
 
 
 @pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym", "rows"), CASES)
-def test_matches_the_float64_oracle(emulator, k, n, group_size, desc_act, sym, rows):
+def test_matches_the_float64_oracle(emulator, sorted_layer, k, n, group_size, desc_act, sym, rows):
     layer = sorted_layer(k, n, group_size, desc_act, sym, seed=k + n)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(1)).half()
     check(emulator, layer, x)
 
 
 @pytest.mark.parametrize("warps_k", [1, 2, 8])
-def test_warps_sharing_columns_and_split_k(emulator, warps_k):
+def test_warps_sharing_columns_and_split_k(emulator, sorted_layer, warps_k):
     layer = sorted_layer(1024, 128, 128, True, False, seed=3)
     x = torch.randn(12, 1024, generator=torch.Generator().manual_seed(2)).half()
     plan = check(emulator, layer, x, warps_k=warps_k, splits=2)
@@ -93,7 +84,7 @@ def test_warps_sharing_columns_and_split_k(emulator, warps_k):
 
 
 @pytest.mark.parametrize(("k", "rows"), [(2304, 16), (1024, 40)])
-def test_x_staged_in_several_chunks(emulator, k, rows):
+def test_x_staged_in_several_chunks(emulator, sorted_layer, k, rows):
     """One split over all of K: 2048 rows of x a chunk at 16 rows, 512 at 64 (act-order)."""
     layer = sorted_layer(k, 64, 128, True, False, seed=5)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(4)).half()
@@ -101,7 +92,7 @@ def test_x_staged_in_several_chunks(emulator, k, rows):
     assert plan[3] == 1
 
 
-def test_strided_and_large_inputs(emulator):
+def test_strided_and_large_inputs(emulator, sorted_layer):
     layer = sorted_layer(256, 64, 128, False, False)
     wide = torch.randn(5, 512).half()
     check(emulator, layer, wide[:, ::2])  # no 16-byte loads of x
@@ -109,7 +100,7 @@ def test_strided_and_large_inputs(emulator):
     check(emulator, layer, x)
 
 
-def test_plan(emulator):
+def test_plan(emulator, sorted_layer):
     layer = sorted_layer(2048, 256, 128, False, False)
     _, plan = run(emulator, layer, torch.randn(16, 2048).half())
     tokens, loads, warps_k, splits, per_split = plan

@@ -14,9 +14,7 @@ from ferrule_core.quant_linear import QuantLinear
 from ferrule_core.testing import KernelConformance
 from ferrule_core.testing.kernels import (
     TOLERANCE,
-    float64_reference,
     random_gptq_tensors,
-    relative_error,
 )
 
 pytestmark = [
@@ -35,16 +33,6 @@ class TestCudaGptqMma(KernelConformance):
     batch_shapes = ((3,), (16,), (2, 4), (33,), (70,))
 
 
-def make_layer(k, n, group_size, *, desc_act=False, sym=True, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    tensors = random_gptq_tensors(k, n, 4, group_size, desc_act=desc_act, sym=sym, generator=gen)
-    layer = QuantLinear.from_tensors(
-        tensors, 4, group_size, desc_act=desc_act, sym=sym, kernel="cuda-gptq-mma",
-        registry=load_plugins(),
-    )  # fmt: skip
-    return layer.to("cuda")
-
-
 # (K, N, group_size, desc_act, sym): 4096 x 1000 ends on a partial column strip; K = 4104
 # per-channel on a partial unit of 32 rows.
 LARGE = [
@@ -56,26 +44,15 @@ LARGE = [
 
 
 @pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym"), LARGE)
-def test_large_layers(k, n, group_size, desc_act, sym):
-    layer = make_layer(k, n, group_size, desc_act=desc_act, sym=sym)
-    gen = torch.Generator().manual_seed(1)
-    for rows in (3, 16, 24, 64, 130):
-        x = torch.randn(rows, k, generator=gen).half().cuda()
-        expected = float64_reference(layer, x)
-        for warps_k, splits in ((0, 0), (1, 1), (2, 3), (8, 2)):
-            with torch.no_grad():
-                layer(x)  # builds the kernel object on first use
-            layer._kernel.warps_k, layer._kernel.splits = warps_k, splits
-            with torch.no_grad():
-                first, second = layer(x), layer(x)
-            err = relative_error(first, expected)
-            assert err < TOLERANCE["float16"], f"{rows} rows, {warps_k, splits}: error {err:.2e}"
-            assert torch.equal(first, second), "a second call must not see the first's counters"
+def test_large_layers(kernel_layer, forced_plans, k, n, group_size, desc_act, sym):
+    layer = kernel_layer("cuda-gptq-mma", k, n, group_size, desc_act=desc_act, sym=sym)
+    plans = ((0, 0), (1, 1), (2, 3), (8, 2))
+    forced_plans(layer, (3, 16, 24, 64, 130), plans, ("warps_k", "splits"))
     assert layer.kernel_spec.name == "cuda-gptq-mma"
 
 
-def test_cuda_graph_replay(graph_replay_errors):
-    layer = make_layer(2048, 1024, 128, desc_act=True)
+def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
+    layer = kernel_layer("cuda-gptq-mma", 2048, 1024, 128, desc_act=True)
     errors = graph_replay_errors(layer, 16)
     assert max(errors) < TOLERANCE["float16"], errors
 

@@ -16,7 +16,6 @@ from ferrule_core.quant_linear import QuantLinear
 from ferrule_core.testing.kernels import (
     TOLERANCE,
     float64_reference,
-    random_gptq_tensors,
     relative_error,
 )
 from ferrule_cuda_kernels.wgmma import kernel_order
@@ -55,14 +54,6 @@ def run(lib, layer: QuantLinear, x: torch.Tensor, tokens: int = 0, splits: int =
     return out.reshape(*x.shape[:-1], n), plan
 
 
-def sorted_layer(k, n, group_size, desc_act, sym, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    tensors = random_gptq_tensors(k, n, 4, group_size, desc_act=desc_act, sym=sym, generator=gen)
-    layer = QuantLinear.from_tensors(tensors, 4, group_size, desc_act=desc_act, sym=sym)
-    layer.sort_groups()  # as QuantLinear does for a sorted_groups kernel
-    return layer
-
-
 def check(lib, layer, x, **plan):
     out, chosen = run(lib, layer, x, **plan)
     err = relative_error(out, float64_reference(layer, x))
@@ -92,21 +83,21 @@ CASES = [
 
 
 @pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym", "rows"), CASES)
-def test_matches_the_float64_oracle(emulator, k, n, group_size, desc_act, sym, rows):
+def test_matches_the_float64_oracle(emulator, sorted_layer, k, n, group_size, desc_act, sym, rows):
     layer = sorted_layer(k, n, group_size, desc_act, sym, seed=k + n)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(1)).half()
     check(emulator, layer, x)
 
 
 @pytest.mark.parametrize(("tokens", "splits"), [(16, 3), (64, 1), (128, 2)])
-def test_forced_tiles_and_split_k(emulator, tokens, splits):
+def test_forced_tiles_and_split_k(emulator, sorted_layer, tokens, splits):
     layer = sorted_layer(1024, 256, 128, True, False, seed=3)
     x = torch.randn(20, 1024, generator=torch.Generator().manual_seed(2)).half()
     plan = check(emulator, layer, x, tokens=tokens, splits=splits)
     assert plan[0] == tokens and plan[1] == splits
 
 
-def test_strided_and_large_inputs(emulator):
+def test_strided_and_large_inputs(emulator, sorted_layer):
     layer = sorted_layer(256, 128, 128, False, False)
     wide = torch.randn(17, 512).half()
     check(emulator, layer, wide[:, ::2])  # the gather reads any strides
@@ -114,7 +105,7 @@ def test_strided_and_large_inputs(emulator):
     check(emulator, layer, x)
 
 
-def test_plan(emulator):
+def test_plan(emulator, sorted_layer):
     layer = sorted_layer(2048, 256, 128, False, False)
     _, plan = run(emulator, layer, torch.randn(16, 2048).half())
     tokens, splits, per_split = plan

@@ -13,9 +13,7 @@ from ferrule_core.quant_linear import QuantLinear
 from ferrule_core.testing import KernelConformance
 from ferrule_core.testing.kernels import (
     TOLERANCE,
-    float64_reference,
     random_gptq_tensors,
-    relative_error,
 )
 
 pytestmark = [
@@ -34,16 +32,6 @@ class TestCudaGptqWgmma(KernelConformance):
     batch_shapes = ((3,), (16,), (2, 12), (33,), (130,))
 
 
-def make_layer(k, n, group_size, *, desc_act=False, sym=True, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    tensors = random_gptq_tensors(k, n, 4, group_size, desc_act=desc_act, sym=sym, generator=gen)
-    layer = QuantLinear.from_tensors(
-        tensors, 4, group_size, desc_act=desc_act, sym=sym, kernel="cuda-gptq-wgmma",
-        registry=load_plugins(),
-    )  # fmt: skip
-    return layer.to("cuda")
-
-
 # (K, N, group_size, desc_act, sym): N = 1000 ends on a partial block of 256 columns.
 LARGE = [
     (4096, 1000, 128, True, False),
@@ -54,26 +42,15 @@ LARGE = [
 
 
 @pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym"), LARGE)
-def test_large_layers(k, n, group_size, desc_act, sym):
-    layer = make_layer(k, n, group_size, desc_act=desc_act, sym=sym)
-    gen = torch.Generator().manual_seed(1)
-    for rows in (9, 16, 40, 64, 128, 300):
-        x = torch.randn(rows, k, generator=gen).half().cuda()
-        expected = float64_reference(layer, x)
-        for tokens, splits in ((0, 0), (16, 1), (64, 3), (128, 2)):
-            with torch.no_grad():
-                layer(x)  # builds the kernel object on first use
-            layer._kernel.tokens, layer._kernel.splits = tokens, splits
-            with torch.no_grad():
-                first, second = layer(x), layer(x)
-            err = relative_error(first, expected)
-            assert err < TOLERANCE["float16"], f"{rows} rows, {tokens, splits}: error {err:.2e}"
-            assert torch.equal(first, second), "a second call must not see the first's counters"
+def test_large_layers(kernel_layer, forced_plans, k, n, group_size, desc_act, sym):
+    layer = kernel_layer("cuda-gptq-wgmma", k, n, group_size, desc_act=desc_act, sym=sym)
+    plans = ((0, 0), (16, 1), (64, 3), (128, 2))
+    forced_plans(layer, (9, 16, 40, 64, 128, 300), plans, ("tokens", "splits"))
     assert layer.kernel_spec.name == "cuda-gptq-wgmma"
 
 
-def test_cuda_graph_replay(graph_replay_errors):
-    layer = make_layer(2048, 1024, 128, desc_act=True)
+def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
+    layer = kernel_layer("cuda-gptq-wgmma", 2048, 1024, 128, desc_act=True)
     errors = graph_replay_errors(layer, 64)
     assert max(errors) < TOLERANCE["float16"], errors
 

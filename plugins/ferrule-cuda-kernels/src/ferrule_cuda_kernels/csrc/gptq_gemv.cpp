@@ -211,15 +211,22 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const torch::Tensor& order,
   return run(p, x, counters, ferrule_gemv::plan_wgmma, ferrule_gemv::launch_wgmma);
 }
 
-// (tile_rows, splits, units_per_split) that gptq_gemv would use: for tests and benchmarks.
-std::vector<int64_t> gptq_gemv_plan(int64_t M, int64_t K, int64_t N, int64_t bits,
-                                    int64_t counter_capacity) {
+// A float16 problem of this shape with one group, for the plan queries below (tests and
+// benchmarks): what each kernel would choose.
+ferrule_gemv::Problem shape_problem(int64_t M, int64_t K, int64_t N, int64_t bits) {
   ferrule_gemv::Problem p{};
   p.M = static_cast<int>(M);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(N);
   p.bits = static_cast<int>(bits);
-  p.bf16 = false;
+  p.group_size = static_cast<int>(K);
+  return p;
+}
+
+// (tile_rows, splits, units_per_split) that gptq_gemv would use.
+std::vector<int64_t> gptq_gemv_plan(int64_t M, int64_t K, int64_t N, int64_t bits,
+                                    int64_t counter_capacity) {
+  auto p = shape_problem(M, K, N, bits);
   ferrule_gemv::plan(p, multiprocessors(), counter_capacity);
   return {p.tile_rows, p.splits, p.units_per_split};
 }
@@ -227,12 +234,7 @@ std::vector<int64_t> gptq_gemv_plan(int64_t M, int64_t K, int64_t N, int64_t bit
 // (tokens, loads, warps_k, splits, units_per_split) that gptq_mma would use.
 std::vector<int64_t> gptq_mma_plan(int64_t M, int64_t K, int64_t N, int64_t counter_capacity,
                                    int64_t warps_k, int64_t splits) {
-  ferrule_gemv::Problem p{};
-  p.M = static_cast<int>(M);
-  p.K = static_cast<int>(K);
-  p.N = static_cast<int>(N);
-  p.bits = 4;
-  p.group_size = static_cast<int>(K);
+  auto p = shape_problem(M, K, N, 4);
   p.warps_k = static_cast<int>(warps_k);
   p.splits = static_cast<int>(splits);
   ferrule_gemv::plan_mma(p, multiprocessors(), counter_capacity);
@@ -242,12 +244,7 @@ std::vector<int64_t> gptq_mma_plan(int64_t M, int64_t K, int64_t N, int64_t coun
 // (tokens, splits, steps_per_split) that gptq_wgmma would use.
 std::vector<int64_t> gptq_wgmma_plan(int64_t M, int64_t K, int64_t N, int64_t counter_capacity,
                                      int64_t tokens, int64_t splits) {
-  ferrule_gemv::Problem p{};
-  p.M = static_cast<int>(M);
-  p.K = static_cast<int>(K);
-  p.N = static_cast<int>(N);
-  p.bits = 4;
-  p.group_size = static_cast<int>(K);
+  auto p = shape_problem(M, K, N, 4);
   p.tokens = static_cast<int>(tokens);
   p.splits = static_cast<int>(splits);
   ferrule_gemv::plan_wgmma(p, multiprocessors(), counter_capacity);

@@ -230,22 +230,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_mma_kernel(
     // A fragments: the pairs (q_p - z, q_{p+4} - z) of each column's word, exact in float16;
     // times the scale in float16 as well when the scale is applied before the products.
     uint32_t wp[4 * LOADS][4];
-    const __half2 sixteenth = bits_half2(0x2C002C00u);  // 1/16
 #pragma unroll
     for (int l = 0; l < LOADS; ++l) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const uint32_t w = column_word(h.words[l], k);
         const uint32_t z = (h.zeros[l] >> (zero_shift + 4 * k)) & 0xFu;
-        // (1024 + z, 1024 + z) and (-(64 + z), -(64 + z)): the halves never carry.
-        const __half2 low_zero = bits_half2(z * 0x00010001u + 0x64006400u);
-        const __half2 high_zero = bits_half2(z * 0x00100010u + 0xD400D400u);
-        const uint32_t shifted = w >> 8;
         __half2 v[4];
-        v[0] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(w)), low_zero);
-        v[1] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(w)), sixteenth, high_zero);
-        v[2] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(shifted)), low_zero);
-        v[3] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(shifted)), sixteenth, high_zero);
+        common::code_pairs(w, z, v);
         if constexpr (!kScaleAfter) {
           const __half scale = scale_of(h, l, k);
 #pragma unroll
@@ -408,17 +400,12 @@ __global__ void __launch_bounds__(kThreads) gather_rows_kernel(const Problem p, 
 
 template <int TOKENS, int LOADS>
 struct Kernel {
-  static constexpr auto kernel = gptq_mma_kernel<TOKENS, LOADS>;
-  static int occupancy() {
-    static const int blocks = common::resident_blocks(kernel, kThreads, kSharedBytes<TOKENS>);
-    return blocks;
-  }
+  using Launch = common::Launcher<gptq_mma_kernel<TOKENS, LOADS>, kThreads, kSharedBytes<TOKENS>>;
+  static int occupancy() { return Launch::occupancy(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const int block_cols = kWarps / p.warps_k * 32 * LOADS;
     const dim3 grid((p.N + block_cols - 1) / block_cols, p.splits, (p.M + TOKENS - 1) / TOKENS);
-    static const cudaError_t allowed = common::allow_shared(kernel, kSharedBytes<TOKENS>);
-    if (allowed != cudaSuccess) return allowed;
-    return common::launch_kernel(kernel, grid, kThreads, kSharedBytes<TOKENS>, stream, p.pdl, p);
+    return Launch::launch_on(grid, p, stream);
   }
 };
 

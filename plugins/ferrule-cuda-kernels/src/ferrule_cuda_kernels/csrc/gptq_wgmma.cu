@@ -1,5 +1,10 @@
 // cuda-gptq-wgmma: y = x @ W for float16 x and a GPTQ 4-bit weight on Hopper's warpgroup MMA
-// (wgmma, sm_90a), for batches of 9 rows and more.
+// (wgmma, sm_90a), for batches of 9 rows and more. Experimental: correct, but slower than
+// triton-gptq on an H100 at nearly every shape (docs/benchmarks.md). ncu found each step
+// latency-bound (~2,200 cycles whatever the tile; the tensor pipe 41% busy at 128 rows): the
+// dequantize and copy path of a warpgroup sits between its tensor-core steps. A
+// warp-specialized design (producer warps that dequantize, consumers that only issue wgmma) is
+// the likely next step.
 //
 // The product runs transposed, out^T = W^T x^T, as in cuda-gptq-mma: the weight is the A
 // operand and comes from registers, where each thread dequantizes its own 16-byte loads of
@@ -22,8 +27,9 @@
 //
 // A block is two warpgroups side by side (256 columns) over TOKENS rows of x (16 to 128: the
 // wgmma's N), stepping through K 64 rows at a time (two units, four k16 wgmmas a tile). Each
-// warpgroup issues a step's wgmmas, then dequantizes the next step's weight into a second set
-// of fragment registers while they run, and loads the step after next. Splitting K across
+// warpgroup issues a step's wgmmas and leaves them in flight; once the previous step's are done
+// it dequantizes the next step's weight into the other set of fragment registers, and loads
+// the step after next. Splitting K across
 // blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a float32
 // workspace, the last block of a tile adds).
 
@@ -256,13 +262,12 @@ struct Held {
 // Fragments of one step: [unit][K step s][tile j][register].
 using Fragments = uint32_t[2][2][2][4];
 
-// Two blocks a multiprocessor (at most 128 registers a thread) at 16 rows, where the
-// weight's bandwidth bounds the kernel; one from 32 (at 32, two spill).
-template <int TOKENS>
-constexpr int kMinBlocks = (TOKENS <= 16 ? 2 : 1) * (kGroups == 1 ? 2 : 1);
+// One block of two warpgroups a multiprocessor (their sums and two steps' fragments need up to
+// 240 registers a thread); two of one warpgroup.
+constexpr int kMinBlocks = kGroups == 1 ? 2 : 1;
 
 template <int TOKENS>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_wgmma_kernel(const Problem p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) gptq_wgmma_kernel(const Problem p) {
   constexpr int kSums = TOKENS / 2;  // float32 sums a thread holds per tile
 #ifdef FERRULE_GEMV_EMULATED
   __shared__ __align__(1024) char raw[kSharedBytes<TOKENS>];
@@ -295,28 +300,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_wgmma_kerne
   const uint32_t* __restrict__ qzeros = reinterpret_cast<const uint32_t*>(p.qzeros);
   const __half* __restrict__ x = static_cast<const __half*>(p.x);  // gathered: [M][K]
 
-  // The thread's words of step 0 (word row c, unit 0); step s, unit u is 8 s + 4 u rows on.
-  const int4* const words = qweight + c * n4 + col / 4;
-  const int group_shift = p.group_shift;
-  const int group_size = p.group_size;
-  const uint32_t zero_words = N / 8;
   auto fetch = [&](Held& h, int step) {
     const bool ok = step < step_end && col_in;
-    const int k = step * kStepRows;
-    const uint32_t group = ok ? (group_shift >= 0 ? k >> group_shift : k / group_size) : 0u;
+    const uint32_t group = ok ? common::group_of(p, step * kStepRows) : 0u;
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
-      const uint32_t row = static_cast<uint32_t>(step) * 8 + 4 * u;
-      h.words[u] = ok ? __ldcs(words + row * n4) : make_int4(0, 0, 0, 0);
+      const uint32_t row = static_cast<uint32_t>(step) * 8 + 4 * u + c;
+      h.words[u] = ok ? __ldcs(qweight + row * n4 + col / 4) : make_int4(0, 0, 0, 0);
     }
     h.scales = ok ? __ldg(scales + group * n4 + col / 4) : make_uint2(0u, 0u);
     // Shifted when dequantized, not here: using a load right away would wait for it.
-    h.zeros = ok ? __ldg(qzeros + group * zero_words + col / 8) : 0u;
+    h.zeros = ok ? __ldg(qzeros + group * (N / 8) + col / 8) : 0u;
   };
 
   // (q - z) s of each code of the held step, as the fragments of its 4 k16 wgmmas.
   auto dequantize = [&](const Held& h, Fragments& a) {
-    const __half2 sixteenth = bits_half2(0x2C002C00u);  // 1/16
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       uint32_t wp[4][4];  // [column k of the list][code pair]
@@ -327,15 +325,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_wgmma_kerne
         const uint32_t scale_pair = k < 2 ? h.scales.x : h.scales.y;
         const uint32_t scale_bits = (k & 1) ? scale_pair >> 16 : scale_pair & 0xFFFFu;
         const __half2 scale = bits_half2(scale_bits * 0x00010001u);
-        // (1024 + z, 1024 + z) and (-(64 + z), -(64 + z)): the halves never carry.
-        const __half2 low_zero = bits_half2(z * 0x00010001u + 0x64006400u);
-        const __half2 high_zero = bits_half2(z * 0x00100010u + 0xD400D400u);
-        const uint32_t shifted = w >> 8;
         __half2 v[4];
-        v[0] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(w)), low_zero);
-        v[1] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(w)), sixteenth, high_zero);
-        v[2] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(shifted)), low_zero);
-        v[3] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(shifted)), sixteenth, high_zero);
+        common::code_pairs(w, z, v);
 #pragma unroll
         for (int i = 0; i < 4; ++i) wp[k][i] = half2_bits(__hmul2(v[i], scale));
       }
@@ -353,29 +344,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_wgmma_kerne
   };
 
   // Copies x[row0 .. row0 + TOKENS][the step's 64 rows of K] into its stage (zeros past M, and
-  // for steps past the split's end). Thread tid copies chunk q = tid % 8 (8 rows of K) of rows
-  // r = tid / 8 + 32 j of the tile, which all swizzle alike (r % 8 is the same).
-  constexpr int kPassRows = kThreads / 8;
-  constexpr int kCopies = (TOKENS + kPassRows - 1) / kPassRows;
-  const int xr = tid >> 3;
-  const int xq = tid & 7;
-  const uint32_t x_offset = xr * 128 + ((xq ^ (xr & 7)) << 4);
-  const __half* const x_first = x + static_cast<int64_t>(min(row0 + xr, M - 1)) * K + 8 * xq;
-  uint32_t x_rows = 0;  // bit j: row tid / 8 + 32 j is in the tile and in x
-#pragma unroll
-  for (int j = 0; j < kCopies; ++j) {
-    if (xr + kPassRows * j < TOKENS && row0 + xr + kPassRows * j < M) x_rows |= 1u << j;
-  }
+  // for steps past the split's end). (Precomputing each thread's rows and addresses out of the
+  // step took the step from 461 to 284 instructions at 128 rows, but was 5-20% slower on an
+  // H100: more registers.)
   auto stage_x = [&](int step) {
-    const uint32_t stage = static_cast<uint32_t>(step - step_begin) % kStages;
-    const uint32_t offset = stage * kStageBytes<TOKENS> + x_offset;
+    const int stage = (step - step_begin) % kStages;
+    char* const base = smem + stage * kStageBytes<TOKENS>;
     const bool step_ok = step < step_end;
 #pragma unroll
-    for (int j = 0; j < kCopies; ++j) {
-      const bool ok = step_ok && ((x_rows >> j) & 1u);
-      const __half* src = ok ? x_first + static_cast<int64_t>(kPassRows * j) * K + step * kStepRows : x;
-      const uint32_t at = offset + kPassRows * j * 128;
-      if (xr + kPassRows * j < TOKENS) copy16(smem + at, smem_address + at, src, ok);
+    for (int i = tid; i < TOKENS * 8; i += kThreads) {
+      const int r = i >> 3;
+      const int q = i & 7;
+      const bool ok = step_ok && row0 + r < M;
+      const __half* src = ok ? x + static_cast<int64_t>(row0 + r) * K + step * kStepRows + 8 * q : x;
+      const int offset = r * 128 + ((q ^ (r & 7)) << 4);
+      copy16(base + offset, smem_address + stage * kStageBytes<TOKENS> + offset, src, ok);
     }
   };
 
@@ -475,16 +458,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<TOKENS>) gptq_wgmma_kerne
 
 template <int TOKENS>
 struct Kernel {
-  static constexpr auto kernel = gptq_wgmma_kernel<TOKENS>;
-  static int occupancy() {
-    static const int blocks = common::resident_blocks(kernel, kThreads, kSharedBytes<TOKENS>);
-    return blocks;
-  }
+  using Launch = common::Launcher<gptq_wgmma_kernel<TOKENS>, kThreads, kSharedBytes<TOKENS>>;
+  static int occupancy() { return Launch::occupancy(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kBlockCols - 1) / kBlockCols, p.splits, (p.M + TOKENS - 1) / TOKENS);
-    static const cudaError_t allowed = common::allow_shared(kernel, kSharedBytes<TOKENS>);
-    if (allowed != cudaSuccess) return allowed;
-    return common::launch_kernel(kernel, grid, kThreads, kSharedBytes<TOKENS>, stream, p.pdl, p);
+    return Launch::launch_on(grid, p, stream);
   }
 };
 

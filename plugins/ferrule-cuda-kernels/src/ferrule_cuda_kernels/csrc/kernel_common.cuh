@@ -64,6 +64,22 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
 #endif
 }
 
+// The code pairs (q_p - z, q_{p+4} - z), p = 0..3, of a 4-bit word w with zero point z, exact
+// in float16 (the order in which one LOP3 unpacks a word): the mask 0x000F000F gives
+// (1024 + q0, 1024 + q4), 0x00F000F0 gives (1024 + 16 q1, 1024 + 16 q5), which one HFMA2 by 1/16
+// brings back, and w >> 8 the other two pairs. (1024 + z, 1024 + z) and (-(64 + z), -(64 + z))
+// are made without carries between the halves.
+__device__ __forceinline__ void code_pairs(uint32_t w, uint32_t z, __half2 (&v)[4]) {
+  const __half2 sixteenth = bits_half2(0x2C002C00u);
+  const __half2 low_zero = bits_half2(z * 0x00010001u + 0x64006400u);
+  const __half2 high_zero = bits_half2(z * 0x00100010u + 0xD400D400u);
+  const uint32_t shifted = w >> 8;
+  v[0] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(w)), low_zero);
+  v[1] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(w)), sixteenth, high_zero);
+  v[2] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(shifted)), low_zero);
+  v[3] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(shifted)), sixteenth, high_zero);
+}
+
 // Programmatic dependent launch (sm_90+, launched with p.pdl): a block may start while the
 // previous kernel on the stream finishes, loads the weight (which no kernel writes), and waits
 // here before it reads x or writes anything; it lets the next kernel start once its own main
@@ -258,6 +274,22 @@ cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, int shared_byte
   return cudaGetLastError();
 #endif
 }
+
+// A kernel of kThreads threads and kShared bytes of dynamic shared memory: its resident blocks
+// a multiprocessor (asked once) and a launch on a grid with p.pdl.
+template <auto kKernel, int kThreads, int kShared>
+struct Launcher {
+  static int occupancy() {
+    static const int blocks = resident_blocks(kKernel, kThreads, kShared);
+    return blocks;
+  }
+  template <typename P>
+  static cudaError_t launch_on(dim3 grid, const P& p, cudaStream_t stream) {
+    static const cudaError_t allowed = allow_shared(kKernel, kShared);
+    if (allowed != cudaSuccess) return allowed;
+    return launch_kernel(kKernel, grid, kThreads, kShared, stream, p.pdl, p);
+  }
+};
 
 }  // namespace common
 }  // namespace ferrule_gemv
