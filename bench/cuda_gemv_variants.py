@@ -3,10 +3,11 @@
     python bench/cuda_gemv_variants.py NAME=FLAG[,FLAG...] ...
     python bench/cuda_gemv_variants.py s2=-DFERRULE_GEMV_STAGES=2,-DFERRULE_GEMV_MIN_BLOCKS=3
     python bench/cuda_gemv_variants.py --kernel cuda-gptq-mma --rows 16,64 s3=-DFERRULE_MMA_STAGES=3
+    python bench/cuda_gemv_variants.py --kernel cuda-gptq-wgmma --rows 16,256,1024 g1=-DFERRULE_WGMMA_GROUPS=1
 
 Each ``NAME=FLAGS`` builds the extension's sources with those extra nvcc flags (the
 ``FERRULE_GEMV_*`` macros at the top of ``csrc/gptq_gemv.cu``, ``FERRULE_MMA_*`` in
-``csrc/gptq_mma.cu``) into its own folder; then for each Llama-3-8B-shaped layer and row count
+``csrc/gptq_mma.cu``, ``FERRULE_WGMMA_*`` in ``csrc/gptq_wgmma.cu``) into its own folder; then for each Llama-3-8B-shaped layer and row count
 it prints the ratio to fp16 ``torch.matmul`` of ``triton-gptq``, the installed build of
 ``--kernel`` (``base``) and every variant, timed as ``ferrule bench kernels`` times
 (CUDA-graph replays rotating over weight copies larger than L2).
@@ -44,7 +45,9 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", metavar="NAME=FLAGS")
     parser.add_argument("--rows", default="1,2,3", help="row counts M (1,2,3)")
     parser.add_argument(
-        "--kernel", default="cuda-gptq-gemv", choices=("cuda-gptq-gemv", "cuda-gptq-mma")
+        "--kernel",
+        default="cuda-gptq-gemv",
+        choices=("cuda-gptq-gemv", "cuda-gptq-mma", "cuda-gptq-wgmma"),
     )
     args = parser.parse_args()
 
