@@ -162,6 +162,74 @@ def emulator(tmp_path_factory):
     return lib
 
 
+EMULATED_SMS = 4  # two resident blocks each (the shim's occupancy)
+
+
+def run_emulated(entry, layer, x, index, forced, plan_size, splits_at):
+    """``layer(x)`` (float16) by an emulated tensor-core kernel, the way the binding calls it,
+    and the kernel's plan.
+
+    ``entry`` is the library's ``emulated_mma`` or ``emulated_wgmma``; ``index`` the int32 [K]
+    tensor it gathers ``x`` through (``perm`` or the kernel's order, or ``None``); ``forced``
+    the plan values to force (0: choose); ``plan[splits_at]`` of the ``plan_size`` values it
+    returns is the number of splits. The first call only plans, to size the workspace.
+    """
+    k, n = layer.in_features, layer.out_features
+    rows = x.reshape(-1, k)
+    group_size = k if layer.group_size == -1 else layer.group_size
+    scales = layer.scales.half().contiguous()
+    counters = torch.zeros(EMULATED_SMS * 8, dtype=torch.int32)
+    out = torch.full((rows.shape[0], n), float("nan"), dtype=torch.float16)
+
+    def call(workspace):
+        plan = (ctypes.c_int * plan_size)(*forced)
+        status = entry(
+            rows.data_ptr(), rows.stride(0), rows.stride(1),
+            None if index is None else index.data_ptr(),
+            layer.qweight.data_ptr(), layer.qzeros.data_ptr(), scales.data_ptr(),
+            out.data_ptr(), workspace, counters.data_ptr(),
+            rows.shape[0], k, n, group_size, EMULATED_SMS, counters.numel(), plan,
+        )  # fmt: skip
+        return status, tuple(plan)
+
+    _, plan = call(None)
+    workspace = torch.zeros(plan[splits_at], rows.shape[0], n)
+    status, plan = call(workspace.data_ptr())
+    assert status == 0
+    assert not counters.any(), "the last block of each tile resets its counter"
+    return out.reshape(*x.shape[:-1], n), plan
+
+
+@pytest.fixture
+def emulated_mma(emulator):
+    """``run(layer, x, warps_k=0, splits=0)``: ``(out, plan)`` of the emulated cuda-gptq-mma,
+    plan = ``(tokens, loads, warps_k, splits, units_per_split)``."""
+
+    def run(layer, x, warps_k=0, splits=0):
+        return run_emulated(
+            emulator.emulated_mma, layer, x, layer.input_perm, (warps_k, splits), 5, 3
+        )
+
+    return run
+
+
+@pytest.fixture
+def emulated_wgmma(emulator):
+    """``run(layer, x, tokens=0, splits=0)``: ``(out, plan)`` of the emulated cuda-gptq-wgmma,
+    plan = ``(tokens, splits, steps_per_split)``; ``x`` is gathered through the layer's order
+    folded with the kernel's K order, as the kernel object does."""
+    from ferrule_cuda_kernels.wgmma import kernel_order
+
+    def run(layer, x, tokens=0, splits=0):
+        order = kernel_order(layer.in_features)
+        if layer.input_perm is not None:
+            order = layer.input_perm[order]
+        order = order.to(torch.int32).contiguous()
+        return run_emulated(emulator.emulated_wgmma, layer, x, order, (tokens, splits), 3, 1)
+
+    return run
+
+
 @pytest.fixture
 def graph_replay_errors():
     """``errors(layer, rows)``: capture ``layer`` on a static ``[rows, K]`` float16 input in a

@@ -7,51 +7,18 @@ dequantization, warps sharing columns, split-K and the counter reset are all exe
 GPU tests (``test_mma_gpu.py``) run the same cases on hardware.
 """
 
-import ctypes
-
 import pytest
 import torch
 
-from ferrule_core.quant_linear import QuantLinear
 from ferrule_core.testing.kernels import (
     TOLERANCE,
     float64_reference,
     relative_error,
 )
 
-NUM_SMS = 4  # two resident blocks each (the shim's occupancy)
 
-
-def run(lib, layer: QuantLinear, x: torch.Tensor, warps_k: int = 0, splits: int = 0):
-    """``layer(x)`` by the emulated kernel, the way the binding calls it; and its plan."""
-    k, n = layer.in_features, layer.out_features
-    rows = x.reshape(-1, k)
-    group_size = k if layer.group_size == -1 else layer.group_size
-    scales = layer.scales.half().contiguous()
-    counters = torch.zeros(NUM_SMS * 8, dtype=torch.int32)
-    out = torch.full((rows.shape[0], n), float("nan"), dtype=torch.float16)
-
-    def call(workspace):
-        plan = (ctypes.c_int * 5)(warps_k, splits)
-        status = lib.emulated_mma(
-            rows.data_ptr(), rows.stride(0), rows.stride(1),
-            None if layer.input_perm is None else layer.input_perm.data_ptr(),
-            layer.qweight.data_ptr(), layer.qzeros.data_ptr(), scales.data_ptr(),
-            out.data_ptr(), workspace, counters.data_ptr(),
-            rows.shape[0], k, n, group_size, NUM_SMS, counters.numel(), plan,
-        )  # fmt: skip
-        return status, tuple(plan)
-
-    _, plan = call(None)  # plan only
-    workspace = torch.zeros(plan[3], rows.shape[0], n)
-    status, plan = call(workspace.data_ptr())
-    assert status == 0
-    assert not counters.any(), "the last block of each tile resets its counter"
-    return out.reshape(*x.shape[:-1], n), plan
-
-
-def check(lib, layer, x, **plan):
-    out, chosen = run(lib, layer, x, **plan)
+def check(run, layer, x, **plan):
+    out, chosen = run(layer, x, **plan)
     err = relative_error(out, float64_reference(layer, x))
     assert err < TOLERANCE["float16"], f"relative error {err:.2e} with plan {chosen}"
     return chosen
@@ -69,42 +36,44 @@ CASES = [
 
 
 @pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym", "rows"), CASES)
-def test_matches_the_float64_oracle(emulator, sorted_layer, k, n, group_size, desc_act, sym, rows):
+def test_matches_the_float64_oracle(
+    emulated_mma, sorted_layer, k, n, group_size, desc_act, sym, rows
+):
     layer = sorted_layer(k, n, group_size, desc_act, sym, seed=k + n)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(1)).half()
-    check(emulator, layer, x)
+    check(emulated_mma, layer, x)
 
 
 @pytest.mark.parametrize("warps_k", [1, 2, 8])
-def test_warps_sharing_columns_and_split_k(emulator, sorted_layer, warps_k):
+def test_warps_sharing_columns_and_split_k(emulated_mma, sorted_layer, warps_k):
     layer = sorted_layer(1024, 128, 128, True, False, seed=3)
     x = torch.randn(12, 1024, generator=torch.Generator().manual_seed(2)).half()
-    plan = check(emulator, layer, x, warps_k=warps_k, splits=2)
+    plan = check(emulated_mma, layer, x, warps_k=warps_k, splits=2)
     assert plan[2] == warps_k and plan[3] == 2
 
 
 @pytest.mark.parametrize(("k", "rows"), [(2304, 16), (1024, 40)])
-def test_x_staged_in_several_chunks(emulator, sorted_layer, k, rows):
+def test_x_staged_in_several_chunks(emulated_mma, sorted_layer, k, rows):
     """One split over all of K: 2048 rows of x a chunk at 16 rows, 512 at 64 (act-order)."""
     layer = sorted_layer(k, 64, 128, True, False, seed=5)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(4)).half()
-    plan = check(emulator, layer, x, warps_k=2, splits=1)
+    plan = check(emulated_mma, layer, x, warps_k=2, splits=1)
     assert plan[3] == 1
 
 
-def test_strided_and_large_inputs(emulator, sorted_layer):
+def test_strided_and_large_inputs(emulated_mma, sorted_layer):
     layer = sorted_layer(256, 64, 128, False, False)
     wide = torch.randn(5, 512).half()
-    check(emulator, layer, wide[:, ::2])  # no 16-byte loads of x
+    check(emulated_mma, layer, wide[:, ::2])  # no 16-byte loads of x
     x = (torch.randn(4, 256) * 3e3).half()  # products near float16's range, sums in float32
-    check(emulator, layer, x)
+    check(emulated_mma, layer, x)
 
 
-def test_plan(emulator, sorted_layer):
+def test_plan(emulated_mma, sorted_layer):
     layer = sorted_layer(2048, 256, 128, False, False)
-    _, plan = run(emulator, layer, torch.randn(16, 2048).half())
+    _, plan = emulated_mma(layer, torch.randn(16, 2048).half())
     tokens, loads, warps_k, splits, per_split = plan
     assert (tokens, loads) == (16, 2)
     assert splits * per_split >= 2048 // 32 and per_split % warps_k == 0
-    _, plan = run(emulator, layer, torch.randn(40, 2048).half())
+    _, plan = emulated_mma(layer, torch.randn(40, 2048).half())
     assert plan[:2] == (64, 1)

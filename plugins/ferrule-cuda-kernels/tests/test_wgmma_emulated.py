@@ -7,12 +7,9 @@ fragment mapping, swizzled staging, stage ring, split-K and the counter reset ar
 The GPU tests (``test_wgmma_gpu.py``) run the same cases on hardware.
 """
 
-import ctypes
-
 import pytest
 import torch
 
-from ferrule_core.quant_linear import QuantLinear
 from ferrule_core.testing.kernels import (
     TOLERANCE,
     float64_reference,
@@ -20,42 +17,9 @@ from ferrule_core.testing.kernels import (
 )
 from ferrule_cuda_kernels.wgmma import kernel_order
 
-NUM_SMS = 4  # two resident blocks each (the shim's occupancy)
 
-
-def run(lib, layer: QuantLinear, x: torch.Tensor, tokens: int = 0, splits: int = 0):
-    """``layer(x)`` by the emulated kernel, the way the binding calls it; and its plan."""
-    k, n = layer.in_features, layer.out_features
-    rows = x.reshape(-1, k)
-    group_size = k if layer.group_size == -1 else layer.group_size
-    scales = layer.scales.half().contiguous()
-    order = kernel_order(k)
-    if layer.input_perm is not None:
-        order = layer.input_perm[order]
-    order = order.to(torch.int32).contiguous()
-    counters = torch.zeros(NUM_SMS * 8, dtype=torch.int32)
-    out = torch.full((rows.shape[0], n), float("nan"), dtype=torch.float16)
-
-    def call(workspace):
-        plan = (ctypes.c_int * 3)(tokens, splits)
-        status = lib.emulated_wgmma(
-            rows.data_ptr(), rows.stride(0), rows.stride(1), order.data_ptr(),
-            layer.qweight.data_ptr(), layer.qzeros.data_ptr(), scales.data_ptr(),
-            out.data_ptr(), workspace, counters.data_ptr(),
-            rows.shape[0], k, n, group_size, NUM_SMS, counters.numel(), plan,
-        )  # fmt: skip
-        return status, tuple(plan)
-
-    _, plan = call(None)  # plan only
-    workspace = torch.zeros(plan[1], rows.shape[0], n)
-    status, plan = call(workspace.data_ptr())
-    assert status == 0
-    assert not counters.any(), "the last block of each tile resets its counter"
-    return out.reshape(*x.shape[:-1], n), plan
-
-
-def check(lib, layer, x, **plan):
-    out, chosen = run(lib, layer, x, **plan)
+def check(run, layer, x, **plan):
+    out, chosen = run(layer, x, **plan)
     err = relative_error(out, float64_reference(layer, x))
     assert err < TOLERANCE["float16"], f"relative error {err:.2e} with plan {chosen}"
     return chosen
@@ -83,33 +47,35 @@ CASES = [
 
 
 @pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym", "rows"), CASES)
-def test_matches_the_float64_oracle(emulator, sorted_layer, k, n, group_size, desc_act, sym, rows):
+def test_matches_the_float64_oracle(
+    emulated_wgmma, sorted_layer, k, n, group_size, desc_act, sym, rows
+):
     layer = sorted_layer(k, n, group_size, desc_act, sym, seed=k + n)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(1)).half()
-    check(emulator, layer, x)
+    check(emulated_wgmma, layer, x)
 
 
 @pytest.mark.parametrize(("tokens", "splits"), [(16, 3), (64, 1), (128, 2)])
-def test_forced_tiles_and_split_k(emulator, sorted_layer, tokens, splits):
+def test_forced_tiles_and_split_k(emulated_wgmma, sorted_layer, tokens, splits):
     layer = sorted_layer(1024, 256, 128, True, False, seed=3)
     x = torch.randn(20, 1024, generator=torch.Generator().manual_seed(2)).half()
-    plan = check(emulator, layer, x, tokens=tokens, splits=splits)
+    plan = check(emulated_wgmma, layer, x, tokens=tokens, splits=splits)
     assert plan[0] == tokens and plan[1] == splits
 
 
-def test_strided_and_large_inputs(emulator, sorted_layer):
+def test_strided_and_large_inputs(emulated_wgmma, sorted_layer):
     layer = sorted_layer(256, 128, 128, False, False)
     wide = torch.randn(17, 512).half()
-    check(emulator, layer, wide[:, ::2])  # the gather reads any strides
+    check(emulated_wgmma, layer, wide[:, ::2])  # the gather reads any strides
     x = (torch.randn(12, 256) * 3e3).half()  # products near float16's range, sums in float32
-    check(emulator, layer, x)
+    check(emulated_wgmma, layer, x)
 
 
-def test_plan(emulator, sorted_layer):
+def test_plan(emulated_wgmma, sorted_layer):
     layer = sorted_layer(2048, 256, 128, False, False)
-    _, plan = run(emulator, layer, torch.randn(16, 2048).half())
+    _, plan = emulated_wgmma(layer, torch.randn(16, 2048).half())
     tokens, splits, per_split = plan
     assert tokens == 16
     assert splits * per_split >= 2048 // 64 and per_split >= 4  # at least 4 steps a split
-    _, plan = run(emulator, layer, torch.randn(100, 2048).half())
+    _, plan = emulated_wgmma(layer, torch.randn(100, 2048).half())
     assert plan[0] == 128
