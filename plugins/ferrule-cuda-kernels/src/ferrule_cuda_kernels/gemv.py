@@ -36,13 +36,15 @@ class CudaGptqGemv:
     name = "cuda-gptq-gemv"
     handles_input_perm = True
     dtypes = DTYPES
+    bit_widths = (4, 8)
 
     def __init__(self, layer: torch.nn.Module):
         device = layer.qweight.device
         if device.type != "cuda":
-            raise ValueError(f"cuda-gptq-gemv runs on CUDA; the layer is on {device}")
-        if layer.bits not in (4, 8):
-            raise ValueError(f"cuda-gptq-gemv serves 4- and 8-bit layers, not {layer.bits}-bit")
+            raise ValueError(f"{self.name} runs on CUDA; the layer is on {device}")
+        if layer.bits not in self.bit_widths:
+            widths = "- and ".join(map(str, self.bit_widths))
+            raise ValueError(f"{self.name} serves {widths}-bit layers, not {layer.bits}-bit")
         self.layer = layer
         self.bits = layer.bits
         self.in_features = layer.g_idx.numel()

@@ -24,10 +24,9 @@ class CudaGptqMma(CudaGptqGemv):
 
     name = "cuda-gptq-mma"
     dtypes = (torch.float16,)
+    bit_widths = (4,)
 
     def __init__(self, layer: torch.nn.Module):
-        if layer.bits != 4:
-            raise ValueError(f"cuda-gptq-mma serves 4-bit layers, not {layer.bits}-bit")
         super().__init__(layer)
         # 0: the kernel's plan chooses; benchmarks may force them.
         self.warps_k = 0

@@ -38,10 +38,9 @@ class CudaGptqWgmma(CudaGptqGemv):
 
     name = "cuda-gptq-wgmma"
     dtypes = (torch.float16,)
+    bit_widths = (4,)
 
     def __init__(self, layer: torch.nn.Module):
-        if layer.bits != 4:
-            raise ValueError(f"cuda-gptq-wgmma serves 4-bit layers, not {layer.bits}-bit")
         super().__init__(layer)
         order = kernel_order(self.in_features).to(layer.qweight.device)
         if self.perm is not None:

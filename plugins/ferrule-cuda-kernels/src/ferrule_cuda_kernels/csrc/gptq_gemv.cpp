@@ -1,6 +1,7 @@
-// The torch binding of cuda-gptq-gemv and cuda-gptq-mma: checks the tensors, allocates the
-// output and the split-K workspace (through torch's caching allocator, so CUDA graphs capture
-// it), and launches on the current stream. The kernels are in gptq_gemv.cu and gptq_mma.cu.
+// The torch binding of cuda-gptq-gemv, cuda-gptq-mma and cuda-gptq-wgmma: checks the tensors,
+// allocates the output and the split-K workspace (through torch's caching allocator, so CUDA
+// graphs capture it), and launches on the current stream. The kernels are in gptq_gemv.cu,
+// gptq_mma.cu and gptq_wgmma.cu.
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,6 +11,7 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "gptq_gemv.h"
@@ -43,13 +45,19 @@ int capability_minor() {
   return device_attribute(cudaDevAttrComputeCapabilityMinor, minor);
 }
 
-void check_tensor(const torch::Tensor& t, const char* name, const torch::Tensor& x,
-                  at::ScalarType dtype) {
-  TORCH_CHECK(t.device() == x.device(), "cuda-gptq-gemv: ", name, " is on ", t.device(),
+// The compute capability (major, minor) of x's device.
+std::pair<int, int> capability_of(const torch::Tensor& x) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return {capability_major(), capability_minor()};
+}
+
+void check_tensor(const char* kernel, const torch::Tensor& t, const char* name,
+                  const torch::Tensor& x, at::ScalarType dtype) {
+  TORCH_CHECK(t.device() == x.device(), kernel, ": ", name, " is on ", t.device(),
               " but x is on ", x.device());
-  TORCH_CHECK(t.scalar_type() == dtype, "cuda-gptq-gemv: ", name, " must be ", dtype, ", got ",
+  TORCH_CHECK(t.scalar_type() == dtype, kernel, ": ", name, " must be ", dtype, ", got ",
               t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), "cuda-gptq-gemv: ", name, " must be contiguous");
+  TORCH_CHECK(t.is_contiguous(), kernel, ": ", name, " must be contiguous");
 }
 
 // Checks the tensors of y [M, N] = x [M, K] @ W (W the GPTQ layer, rows sorted by group;
@@ -64,10 +72,10 @@ ferrule_gemv::Problem problem_for(const char* kernel, const torch::Tensor& x,
   TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
               kernel, ": x must be float16 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK(bits == 4 || bits == 8, kernel, ": bits must be 4 or 8, got ", bits);
-  check_tensor(qweight, "qweight", x, at::kInt);
-  check_tensor(qzeros, "qzeros", x, at::kInt);
-  check_tensor(scales, "scales", x, x.scalar_type());
-  check_tensor(counters, "counters", x, at::kInt);
+  check_tensor(kernel, qweight, "qweight", x, at::kInt);
+  check_tensor(kernel, qzeros, "qzeros", x, at::kInt);
+  check_tensor(kernel, scales, "scales", x, x.scalar_type());
+  check_tensor(kernel, counters, "counters", x, at::kInt);
   const int64_t M = x.size(0);
   const int64_t K = x.size(1);
   TORCH_CHECK(scales.dim() == 2, kernel, ": scales must be [groups, N]");
@@ -90,7 +98,7 @@ ferrule_gemv::Problem problem_for(const char* kernel, const torch::Tensor& x,
               (K + group_size - 1) / group_size);
   const int32_t* perm_ptr = nullptr;
   if (perm.has_value()) {
-    check_tensor(*perm, "perm", x, at::kInt);
+    check_tensor(kernel, *perm, "perm", x, at::kInt);
     TORCH_CHECK(perm->dim() == 1 && perm->size(0) == K, kernel, ": perm must be [", K,
                 "], got ", perm->sizes());
     perm_ptr = perm->data_ptr<int32_t>();
@@ -119,10 +127,7 @@ ferrule_gemv::Problem problem_for(const char* kernel, const torch::Tensor& x,
   p.group_size = static_cast<int>(group_size < K ? group_size : K);
   p.bits = static_cast<int>(bits);
   p.bf16 = x.scalar_type() == at::kBFloat16;
-  {
-    const c10::cuda::CUDAGuard guard(x.device());  // the capability of x's device
-    p.pdl = capability_major() >= 9;
-  }
+  p.pdl = capability_of(x).first >= 9;
   return p;
 }
 
@@ -178,7 +183,7 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
   auto p = problem_for("cuda-gptq-mma", x, perm, qweight, qzeros, scales, counters, 4,
                        group_size);
   TORCH_CHECK(!p.bf16, "cuda-gptq-mma: x must be float16, got ", x.scalar_type());
-  TORCH_CHECK(capability_major() >= 8, "cuda-gptq-mma: needs sm_80 or later (mma.sync)");
+  TORCH_CHECK(capability_of(x).first >= 8, "cuda-gptq-mma: needs sm_80 or later (mma.sync)");
   p.warps_k = static_cast<int>(warps_k);
   p.splits = static_cast<int>(splits);
   // act-order: x[:, perm] once, rather than in every block
@@ -196,12 +201,9 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const torch::Tensor& order,
   auto p = problem_for("cuda-gptq-wgmma", x, order, qweight, qzeros, scales, counters, 4,
                        group_size);
   TORCH_CHECK(!p.bf16, "cuda-gptq-wgmma: x must be float16, got ", x.scalar_type());
-  {
-    const c10::cuda::CUDAGuard guard(x.device());
-    TORCH_CHECK(capability_major() == 9 && capability_minor() == 0,
-                "cuda-gptq-wgmma: needs an sm_90 device (Hopper's wgmma), got sm_",
-                capability_major(), capability_minor());
-  }
+  const auto [major, minor] = capability_of(x);
+  TORCH_CHECK(major == 9 && minor == 0,
+              "cuda-gptq-wgmma: needs an sm_90 device (Hopper's wgmma), got sm_", major, minor);
   TORCH_CHECK(p.K % 64 == 0 && (p.group_size % 64 == 0 || p.group_size >= p.K),
               "cuda-gptq-wgmma: K=", p.K, " must be a multiple of 64 and group_size=",
               p.group_size, " a multiple of 64 (or all of K)");

@@ -492,17 +492,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
 
 template <typename T, int BITS, int ROWS, bool GATHER_ROW = false>
 struct Kernel {
-  static constexpr auto kernel = gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>;
-  static constexpr int kSharedBytes = GATHER_ROW ? kGatherBytes : 0;  // dynamic
-  static int occupancy() {
-    static const int blocks = common::resident_blocks(kernel, kThreads, kSharedBytes);
-    return blocks;
-  }
+  // Dynamic shared memory: only the GATHER_ROW instance's (the others' is static).
+  using Launch = common::Launcher<gptq_gemv_kernel<T, BITS, ROWS, GATHER_ROW>, kThreads,
+                                  GATHER_ROW ? kGatherBytes : 0>;
+  static int occupancy() { return Launch::occupancy(); }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     const dim3 grid((p.N + kTileN - 1) / kTileN, p.splits, (p.M + ROWS - 1) / ROWS);
-    static const cudaError_t allowed = common::allow_shared(kernel, kSharedBytes);
-    if (allowed != cudaSuccess) return allowed;
-    return common::launch_kernel(kernel, grid, kThreads, kSharedBytes, stream, p.pdl, p);
+    return Launch::launch_on(grid, p, stream);
   }
 };
 

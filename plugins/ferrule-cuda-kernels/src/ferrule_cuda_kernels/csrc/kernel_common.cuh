@@ -1,6 +1,7 @@
-// Device helpers shared by cuda-gptq-gemv (gptq_gemv.cu) and cuda-gptq-mma (gptq_mma.cu):
-// conversions, the LOP3 that makes two 4-bit codes float16, loads of 8 consecutive rows of x,
-// and programmatic dependent launch.
+// Helpers shared by cuda-gptq-gemv (gptq_gemv.cu), cuda-gptq-mma (gptq_mma.cu) and
+// cuda-gptq-wgmma (gptq_wgmma.cu): conversions, the LOP3 that makes two 4-bit codes float16,
+// loads of 8 consecutive rows of x, the split-K finish, and launches (shared memory,
+// occupancy, programmatic dependent launch).
 #pragma once
 
 #include <cuda_bf16.h>
