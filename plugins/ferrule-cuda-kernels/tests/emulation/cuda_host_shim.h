@@ -1,10 +1,11 @@
 // Runs the kernels of gptq_gemv.cu, gptq_mma.cu and gptq_wgmma.cu on the host, for tests on
 // machines without a GPU.
 //
-// One block at a time; its 256 threads are std::threads, __shared__ variables are function
-// statics (shared by the block's threads), __syncthreads is a barrier of the block, and
+// One block at a time; its threads (256 or 384) are std::threads, __shared__ variables are
+// function statics (shared by the block's threads), __syncthreads is a barrier of the block, and
 // __shfl_xor_sync and mma.sync exchange through slots per lane with a barrier of the warp
-// (wgmma: of the warpgroup). cp.async copies at once.
+// (wgmma: of the warpgroup). cp.async copies at once; an mbarrier is a word of shared memory
+// (pending arrivals, expected arrivals, phase) that threads update atomically and spin on.
 // Loads are plain reads; atomics are the compiler's. The half and bfloat16 conversions are
 // CUDA's own host implementations, and x86 floats keep denormals, as the kernels (built
 // -ftz=false) do. kernel_common.cuh's launch_kernel calls emulate_launch below.
@@ -39,8 +40,8 @@
 #define __forceinline__ inline
 
 namespace emulation {
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+constexpr int kMaxThreads = 384;
+constexpr int kWarps = kMaxThreads / 32;
 inline std::barrier<>* block_barrier = nullptr;
 inline std::barrier<>* warp_barrier[kWarps];
 inline float warp_slots[kWarps][32];
@@ -181,29 +182,52 @@ inline void emulated_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t des
   emulation::group_barrier[group]->arrive_and_wait();
 }
 
-// Replaces `kernel<<<grid, 256, shared, stream>>>(args...)`.
+// mbarrier: bits 0-15 the arrivals still pending in this phase, 16-31 the arrivals a phase
+// expects, 32-63 the phase.
+inline void emulated_barrier_init(uint64_t* bar, uint32_t count) {
+  __atomic_store_n(bar, (uint64_t{count} << 16) | count, __ATOMIC_SEQ_CST);
+}
+inline void emulated_barrier_arrive(uint64_t* bar) {
+  uint64_t old = __atomic_load_n(bar, __ATOMIC_SEQ_CST);
+  uint64_t next;
+  do {
+    const uint64_t pending = old & 0xFFFFu;
+    const uint64_t count = (old >> 16) & 0xFFFFu;
+    if (pending == 0) std::abort();  // more arrivals than the phase expects
+    next = pending == 1 ? (((old >> 32) + 1) << 32) | (count << 16) | count : old - 1;
+  } while (!__atomic_compare_exchange_n(bar, &old, next, false, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST));
+}
+// Returns once the phase of `parity` has completed (the current phase has the other parity).
+inline void emulated_barrier_wait(uint64_t* bar, uint32_t parity) {
+  while (((__atomic_load_n(bar, __ATOMIC_SEQ_CST) >> 32) & 1u) == parity) std::this_thread::yield();
+}
+
+// Replaces `kernel<<<grid, threads, shared, stream>>>(args...)`.
 template <class Kernel, class... Args>
-void emulate_launch(Kernel kernel, dim3 grid, const Args&... args) {
+void emulate_launch(Kernel kernel, dim3 grid, int threads_per_block, const Args&... args) {
+  if (threads_per_block % 128 || threads_per_block > emulation::kMaxThreads) std::abort();
+  const int warps_per_block = threads_per_block / 32;
   gridDim = grid;
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
-        std::barrier<> block(emulation::kThreads);
+        std::barrier<> block(threads_per_block);
         std::vector<std::unique_ptr<std::barrier<>>> warps;
-        for (int w = 0; w < emulation::kWarps; ++w) {
+        for (int w = 0; w < warps_per_block; ++w) {
           warps.push_back(std::make_unique<std::barrier<>>(32));
           emulation::warp_barrier[w] = warps.back().get();
         }
         std::vector<std::unique_ptr<std::barrier<>>> groups;
-        for (int w = 0; w < emulation::kWarps / 4; ++w) {
+        for (int w = 0; w < warps_per_block / 4; ++w) {
           groups.push_back(std::make_unique<std::barrier<>>(128));
           emulation::group_barrier[w] = groups.back().get();
         }
         emulation::block_barrier = &block;
         std::vector<std::thread> threads;
-        for (unsigned t = 0; t < emulation::kThreads; ++t) {
+        for (int t = 0; t < threads_per_block; ++t) {
           threads.emplace_back([&, t] {
-            threadIdx = dim3(t, 0, 0);
+            threadIdx = dim3(static_cast<unsigned>(t), 0, 0);
             blockIdx = dim3(x, y, z);
             kernel(args...);
           });

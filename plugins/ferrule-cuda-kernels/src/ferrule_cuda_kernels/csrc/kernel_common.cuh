@@ -250,8 +250,8 @@ template <typename Kernel, typename... Args>
 cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, int shared_bytes,
                           cudaStream_t stream, bool pdl, const Args&... args) {
 #ifdef FERRULE_GEMV_EMULATED
-  (void)threads; (void)shared_bytes; (void)stream; (void)pdl;
-  emulate_launch(kernel, grid, args...);  // tests/emulation/cuda_host_shim.h: host threads
+  (void)shared_bytes; (void)stream; (void)pdl;
+  emulate_launch(kernel, grid, threads, args...);  // tests/emulation/cuda_host_shim.h: host threads
   return cudaSuccess;
 #else
 #if FERRULE_GEMV_PDL
