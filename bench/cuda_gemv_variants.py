@@ -3,7 +3,7 @@
     python bench/cuda_gemv_variants.py NAME=FLAG[,FLAG...] ...
     python bench/cuda_gemv_variants.py s2=-DFERRULE_GEMV_STAGES=2,-DFERRULE_GEMV_MIN_BLOCKS=3
     python bench/cuda_gemv_variants.py --kernel cuda-gptq-mma --rows 16,64 s3=-DFERRULE_MMA_STAGES=3
-    python bench/cuda_gemv_variants.py --kernel cuda-gptq-wgmma --rows 16,256,1024 g1=-DFERRULE_WGMMA_GROUPS=1
+    python bench/cuda_gemv_variants.py --kernel cuda-gptq-wgmma --rows 256,1024 s4=-DFERRULE_WGMMA_STAGES=4
 
 Each ``NAME=FLAGS`` builds the extension's sources with those extra nvcc flags (the
 ``FERRULE_GEMV_*`` macros at the top of ``csrc/gptq_gemv.cu``, ``FERRULE_MMA_*`` in

@@ -74,6 +74,16 @@ def test_gemv_refusals_from_its_data(registry, built):
     assert "not cpu" in spec.reject_reason(KernelRequest(platform="cpu", bits=4))
 
 
+def test_wgmma_shape_rules(registry, built):
+    spec = registry.kernel("cuda-gptq-wgmma")
+    assert spec.reject_reason(request(k=4096, n=14336)) is None
+    assert spec.reject_reason(request(k=4096, n=992, group_size=-1)) is None
+    assert "sm_90 devices; this one is sm_100" in spec.reject_reason(request(capability=(10, 0)))
+    assert "in_features=4128" in spec.reject_reason(request(k=4128, group_size=-1))
+    assert "not 32" in spec.reject_reason(request(group_size=32))
+    assert "out_features=1000" in spec.reject_reason(request(n=1000))
+
+
 def test_gemv_refuses_with_the_build_problem(registry, monkeypatch):
     monkeypatch.setattr(extension, "build_problem", lambda capability: "no nvcc here")
     assert registry.kernel("cuda-gptq-gemv").reject_reason(request()) == "no nvcc here"

@@ -39,7 +39,7 @@ def test_kernel_order_is_a_permutation_of_each_unit():
 # (K, N, group_size, desc_act, sym, rows)
 CASES = [
     (256, 256, 128, False, True, 16),  # 16-row tiles
-    (256, 136, 64, True, False, 24),  # act-order; 32-row tiles; a partial block and warp
+    (256, 160, 64, True, False, 24),  # act-order; 32-row tiles; a partial block and warp
     (512, 128, -1, True, True, 40),  # one group; 64-row tiles
     (128, 64, 128, False, False, 130),  # two 128-row tiles, rows past M
     (384, 256, 128, False, False, 9),  # more steps than stages
@@ -55,10 +55,14 @@ def test_matches_the_float64_oracle(
     check(emulated_wgmma, layer, x)
 
 
-@pytest.mark.parametrize(("tokens", "splits"), [(16, 3), (64, 1), (128, 2)])
-def test_forced_tiles_and_split_k(emulated_wgmma, sorted_layer, tokens, splits):
-    layer = sorted_layer(1024, 256, 128, True, False, seed=3)
-    x = torch.randn(20, 1024, generator=torch.Generator().manual_seed(2)).half()
+@pytest.mark.parametrize(
+    ("tokens", "splits", "rows"),
+    [(16, 3, 20), (64, 1, 20), (128, 2, 20), (256, 1, 20), (256, 3, 300)],
+)
+def test_forced_tiles_and_split_k(emulated_wgmma, sorted_layer, tokens, splits, rows):
+    """256-row tiles take one m64 tile a warpgroup: 128 columns a block, 2 a thread."""
+    layer = sorted_layer(1024, 416, 128, True, False, seed=3)
+    x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(2)).half()
     plan = check(emulated_wgmma, layer, x, tokens=tokens, splits=splits)
     assert plan[0] == tokens and plan[1] == splits
 
@@ -78,4 +82,13 @@ def test_plan(emulated_wgmma, sorted_layer):
     assert tokens == 16
     assert splits * per_split >= 2048 // 64 and per_split >= 4  # at least 4 steps a split
     _, plan = emulated_wgmma(layer, torch.randn(100, 2048).half())
+    assert plan[0] == 64  # one column block: larger tiles would leave the GPU idle
+    # The emulation's 4 multiprocessors: tiles of 128 rows once they alone cover 3 of them, 256
+    # rows (128 columns a block) past 128 rows likewise.
+    wide = sorted_layer(128, 3 * 256, -1, False, True)
+    _, plan = emulated_wgmma(wide, torch.randn(128, 128).half())
     assert plan[0] == 128
+    _, plan = emulated_wgmma(wide, torch.randn(129, 128).half())
+    assert plan[0] == 256  # 6 tiles of 256 rows
+    _, plan = emulated_wgmma(wide, torch.randn(64, 128).half())
+    assert plan[0] == 64  # no tile past the next power of two

@@ -32,9 +32,9 @@ class TestCudaGptqWgmma(KernelConformance):
     batch_shapes = ((3,), (16,), (2, 12), (33,), (130,))
 
 
-# (K, N, group_size, desc_act, sym): N = 1000 ends on a partial block of 256 columns.
+# (K, N, group_size, desc_act, sym): N = 992 ends on a partial block of 256 columns.
 LARGE = [
-    (4096, 1000, 128, True, False),
+    (4096, 992, 128, True, False),
     (4096, 512, -1, False, True),
     (1024, 4096, 64, False, False),
     (8192, 2048, 128, False, False),
@@ -55,13 +55,14 @@ def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
     assert max(errors) < TOLERANCE["float16"], errors
 
 
-def test_below_triton_gptq_in_selection():
-    """Experimental: triton-gptq (faster on an H100) serves 9 rows and up where installed."""
+def test_selection_from_512_rows():
+    """triton-gptq (as fast or faster on an H100 below 512 rows) serves 9 to 511 rows where
+    installed, cuda-gptq-wgmma 512 and more."""
     registry = load_plugins()
     tensors = random_gptq_tensors(512, 256, 4, 128)
     layer = QuantLinear.from_tensors(tensors, 4, 128, registry=registry).to("cuda")
     with torch.no_grad():
         layer(torch.randn(16, 512, dtype=torch.float16, device="cuda"))
     plan = {spec.name: (low, high) for low, high, spec, _ in layer._plan}
-    assert "cuda-gptq-wgmma" not in plan, plan
-    assert plan.get("triton-gptq") == (9, None), plan
+    assert plan.get("cuda-gptq-wgmma") == (512, None), plan
+    assert plan.get("triton-gptq") == (9, 511), plan

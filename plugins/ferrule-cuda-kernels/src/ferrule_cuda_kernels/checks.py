@@ -46,11 +46,12 @@ def check_gemv(request: KernelRequest) -> str | None:
 
 # cuda-gptq-wgmma steps through K 64 rows at a time, one group of scales a step.
 WGMMA_STEP_ROWS = 64
+WGMMA_COLUMNS = 32
 
 
 def check_wgmma(request: KernelRequest) -> str | None:
     """``cuda-gptq-wgmma``: an sm_90 device (its ``sm_90a`` build), K and groups in steps of
-    64 rows, then what ``check_gemv`` checks."""
+    64 rows, N a multiple of 32, then what ``check_gemv`` checks."""
     capability = _capability(request)
     if capability != (9, 0):
         return (
@@ -60,6 +61,11 @@ def check_wgmma(request: KernelRequest) -> str | None:
     k, size = request.in_features, request.group_size
     if k % WGMMA_STEP_ROWS:
         return f"steps through K {WGMMA_STEP_ROWS} rows at a time; in_features={k}"
+    if request.out_features % WGMMA_COLUMNS:
+        return (
+            f"copies rows of the zero points by TMA, which need out_features to be a multiple "
+            f"of {WGMMA_COLUMNS}; out_features={request.out_features}"
+        )
     if size != -1 and size < k and size % WGMMA_STEP_ROWS:
         return (
             f"reads one scale per {WGMMA_STEP_ROWS} rows, so the group size must be a multiple "

@@ -26,7 +26,7 @@ from ferrule_cuda_kernels.platform import capability, check, memory
 
 GEMV_PRIORITY = 30
 MMA_PRIORITY = 25
-WGMMA_PRIORITY = 18  # below triton-gptq (20), which is faster on an H100 so far
+WGMMA_PRIORITY = 22  # over triton-gptq (20) from 512 rows, where it is faster on an H100
 TORCH_INT4_PRIORITY = 15
 PLATFORM_PRIORITY = 20
 
@@ -141,17 +141,18 @@ def ferrule_register_kernels():
             min_capability=(9, 0),
             priority=WGMMA_PRIORITY,
             check=check_wgmma,
-            # Over this plugin's kernels from 9 rows; triton-gptq, faster on an H100 at every
-            # shape but 28672x8192 at 16 rows (2026-11-27), outranks it where installed.
-            preferred_rows=(9, None),
+            # From 512 rows, where it beat triton-gptq on every Llama-3 layer measured on an H100
+            # (0.86-0.97x fp16 cuBLAS at 512-1024 rows against 0.37-0.81x, 2026-11-27); below,
+            # triton-gptq is as fast or faster on most shapes.
+            preferred_rows=(512, None),
             sorted_groups=True,
             description=(
-                "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout "
-                "(experimental, below triton-gptq): each thread's 16-byte weight loads "
-                "dequantized into A fragments in registers, x (gathered once into the fragments' "
-                "K order, act-order folded in) streamed through a cp.async ring as the B "
-                "operand, split-K; K and group sizes multiples of 64 (or -1); compiled on first "
-                "use (nvcc)"
+                "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout, "
+                "for 512 rows and more: warp-specialized, a producer thread streams x (gathered "
+                "once into the fragments' K order, act-order folded in), the packed words and "
+                "the group parameters by TMA into an mbarrier ring, two consumer warpgroups "
+                "dequantize into wgmma's A fragments in registers; split-K; K and group sizes "
+                "multiples of 64 (or -1), N of 32; compiled on first use (nvcc)"
             ),
         ),
         KernelSpec(

@@ -1,13 +1,13 @@
-"""``cuda-gptq-wgmma``: a CUDA C++ kernel on Hopper's warpgroup MMA for batches of 9 rows and up.
+"""``cuda-gptq-wgmma``: a CUDA C++ kernel on Hopper's warpgroup MMA for 512 rows and more.
 
 ``y = x[..., input_perm] @ W_sorted`` for 4-bit layers and float16 activations on sm_90,
 reading ``qweight``, ``qzeros`` and ``scales`` as the layer holds them, like
 :mod:`ferrule_cuda_kernels.mma` (the same extension and checks). The kernel
-(``csrc/gptq_wgmma.cu``, whose header comment gives the design) dequantizes each thread's
-16-byte weight loads straight into wgmma's A fragments and streams ``x`` through a ring of
-shared-memory stages that wgmma reads as its B operand. ``x`` is first gathered into the K
-order the fragments take (:func:`kernel_order`), folded with act-order's ``input_perm``, so
-act-order layers cost what in-order ones do.
+(``csrc/gptq_wgmma.cu``, whose header comment gives the design) is warp-specialized: a producer
+thread streams ``x``, the packed words and the group parameters by TMA into a ring of
+shared-memory stages, and two consumer warpgroups dequantize the words straight into wgmma's A
+fragments. ``x`` is first gathered into the K order the fragments take (:func:`kernel_order`),
+folded with act-order's ``input_perm``, so act-order layers cost what in-order ones do.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 // function statics (shared by the block's threads), __syncthreads is a barrier of the block, and
 // __shfl_xor_sync and mma.sync exchange through slots per lane with a barrier of the warp
 // (wgmma: of the warpgroup). cp.async copies at once; an mbarrier is a word of shared memory
-// (pending arrivals, expected arrivals, phase) that threads update atomically and spin on.
+// (pending arrivals, expected arrivals, phase, pending bytes) that threads update atomically and
+// spin on; a TMA box copies at once and completes its bytes.
 // Loads are plain reads; atomics are the compiler's. The half and bfloat16 conversions are
 // CUDA's own host implementations, and x86 floats keep denormals, as the kernels (built
 // -ftz=false) do. kernel_common.cuh's launch_kernel calls emulate_launch below.
@@ -36,6 +37,8 @@
 #define __global__
 #undef __device__
 #define __device__
+#undef __grid_constant__
+#define __grid_constant__
 #undef __forceinline__
 #define __forceinline__ inline
 
@@ -182,25 +185,64 @@ inline void emulated_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t des
   emulation::group_barrier[group]->arrive_and_wait();
 }
 
-// mbarrier: bits 0-15 the arrivals still pending in this phase, 16-31 the arrivals a phase
-// expects, 32-63 the phase.
-inline void emulated_barrier_init(uint64_t* bar, uint32_t count) {
-  __atomic_store_n(bar, (uint64_t{count} << 16) | count, __ATOMIC_SEQ_CST);
-}
-inline void emulated_barrier_arrive(uint64_t* bar) {
+// mbarrier: bits 0-11 the arrivals still pending in this phase, 12-23 the arrivals a phase
+// expects, bit 24 the phase's parity, 32-63 the transaction bytes still pending (TMA). A phase
+// completes when both pending counts reach zero.
+inline void emulated_barrier_update(uint64_t* bar, int arrivals, int64_t bytes) {
   uint64_t old = __atomic_load_n(bar, __ATOMIC_SEQ_CST);
   uint64_t next;
   do {
-    const uint64_t pending = old & 0xFFFFu;
-    const uint64_t count = (old >> 16) & 0xFFFFu;
-    if (pending == 0) std::abort();  // more arrivals than the phase expects
-    next = pending == 1 ? (((old >> 32) + 1) << 32) | (count << 16) | count : old - 1;
+    const int64_t pending = static_cast<int64_t>(old & 0xFFFu) - arrivals;
+    const uint64_t count = (old >> 12) & 0xFFFu;
+    const int64_t tx = static_cast<int64_t>(static_cast<int32_t>(old >> 32)) + bytes;
+    uint64_t phase = (old >> 24) & 1u;
+    if (pending < 0) std::abort();  // more arrivals than the phase expects
+    uint64_t left = static_cast<uint64_t>(pending);
+    if (pending == 0 && tx == 0) {
+      phase ^= 1u;
+      left = count;
+    }
+    next = left | (count << 12) | (phase << 24) |
+           (static_cast<uint64_t>(static_cast<uint32_t>(static_cast<int32_t>(tx))) << 32);
   } while (!__atomic_compare_exchange_n(bar, &old, next, false, __ATOMIC_SEQ_CST,
                                         __ATOMIC_SEQ_CST));
 }
+inline void emulated_barrier_init(uint64_t* bar, uint32_t count) {
+  __atomic_store_n(bar, (uint64_t{count} << 12) | count, __ATOMIC_SEQ_CST);
+}
+inline void emulated_barrier_arrive(uint64_t* bar, uint32_t expect_bytes = 0) {
+  emulated_barrier_update(bar, 1, expect_bytes);
+}
 // Returns once the phase of `parity` has completed (the current phase has the other parity).
 inline void emulated_barrier_wait(uint64_t* bar, uint32_t parity) {
-  while (((__atomic_load_n(bar, __ATOMIC_SEQ_CST) >> 32) & 1u) == parity) std::this_thread::yield();
+  while (((__atomic_load_n(bar, __ATOMIC_SEQ_CST) >> 24) & 1u) == parity) std::this_thread::yield();
+}
+
+// A 2-D tensor map (TMA): rows of dim0 elements of `element` bytes, `row_bytes` apart; a box of
+// box0 x box1 elements lands row after row, each row's 16-byte chunk q at chunk q ^ (row % 8)
+// when `swizzle` (the 128-byte swizzle; rows of 128 bytes), with zeros outside the tensor.
+struct EmulatedTensorMap {
+  const char* base;
+  uint64_t dim0, dim1, row_bytes;
+  uint32_t box0, box1, element;
+  bool swizzle;
+};
+inline void emulated_tma_load(char* dst, const EmulatedTensorMap& m, int c0, int c1,
+                              uint64_t* bar) {
+  const uint32_t row = m.box0 * m.element;
+  for (uint32_t r = 0; r < m.box1; ++r) {
+    for (uint32_t e = 0; e < m.box0; ++e) {
+      uint32_t at = r * row + e * m.element;
+      if (m.swizzle) at ^= (r % 8) << 4;
+      const uint64_t i0 = static_cast<uint64_t>(c0) + e, i1 = static_cast<uint64_t>(c1) + r;
+      if (i0 < m.dim0 && i1 < m.dim1) {
+        std::memcpy(dst + at, m.base + i1 * m.row_bytes + i0 * m.element, m.element);
+      } else {
+        std::memset(dst + at, 0, m.element);
+      }
+    }
+  }
+  emulated_barrier_update(bar, 0, -static_cast<int64_t>(row) * m.box1);
 }
 
 // Replaces `kernel<<<grid, threads, shared, stream>>>(args...)`.

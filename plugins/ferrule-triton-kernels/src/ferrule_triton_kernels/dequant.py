@@ -24,7 +24,9 @@ The products run transposed (:func:`dot_step_t`): ``out^T [N, M] = W^T [N, K] @ 
 the programs store as ``out[m, n] = acc[n, m]``. The dequantized weight is then the left
 operand. On Hopper ``wgmma`` can take A from registers (B must sit in shared memory), so the
 unpacked weight need not round-trip through shared memory while ``x``, loaded as stored,
-streams through it (whether Triton 3.6 does so here is not established); and wgmma's M side
+streams through it (Triton 3.6 does issue wgmma with A in registers here, but converts the
+dequantized tile to the fragments' layout through shared memory, with barriers, in the sm_90
+TTGIR; ``cuda-gptq-wgmma`` avoids that); and wgmma's M side
 (64 rows per warpgroup) is filled by ``BLOCK_N`` output columns instead of the few input
 rows, which only have to fill its N side (8 to 256; at M = 16 the untransposed tile padded
 the rows 4x). Measured on an H100 against fp16

@@ -207,6 +207,13 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const torch::Tensor& order,
   TORCH_CHECK(p.K % 64 == 0 && (p.group_size % 64 == 0 || p.group_size >= p.K),
               "cuda-gptq-wgmma: K=", p.K, " must be a multiple of 64 and group_size=",
               p.group_size, " a multiple of 64 (or all of K)");
+  // TMA reads rows a multiple of 16 bytes long from 16-byte aligned tensors (zero points: N / 2
+  // bytes a row).
+  TORCH_CHECK(p.N % 32 == 0, "cuda-gptq-wgmma: N=", p.N, " must be a multiple of 32");
+  for (const torch::Tensor* t : {&qweight, &qzeros, &scales}) {
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0,
+                "cuda-gptq-wgmma: qweight, qzeros and scales must be 16-byte aligned");
+  }
   p.tokens = static_cast<int>(tokens);
   p.splits = static_cast<int>(splits);
   const torch::Tensor gathered = gather_first(p, x);

@@ -1,37 +1,44 @@
 // cuda-gptq-wgmma: y = x @ W for float16 x and a GPTQ 4-bit weight on Hopper's warpgroup MMA
-// (wgmma, sm_90a), for batches of 9 rows and more. Experimental: correct, but slower than
-// triton-gptq on an H100 at nearly every shape (docs/benchmarks.md). ncu found each step
-// latency-bound (~2,200 cycles whatever the tile; the tensor pipe 41% busy at 128 rows): the
-// dequantize and copy path of a warpgroup sits between its tensor-core steps. A
-// warp-specialized design (producer warps that dequantize, consumers that only issue wgmma) is
-// the likely next step.
+// (wgmma, sm_90a). Selected from 512 rows, where it beat triton-gptq on every Llama-3 layer
+// measured on an H100 (docs/benchmarks.md).
 //
 // The product runs transposed, out^T = W^T x^T, as in cuda-gptq-mma: the weight is the A
-// operand and comes from registers, where each thread dequantizes its own 16-byte loads of
-// packed words, and x is the B operand, which wgmma reads from shared memory. Thread 4 g + c of
-// warp w of a warpgroup loads, for each 32 rows of K, word row c of 4 adjacent columns (4 g ..
-// 4 g + 3 of the warp's 32); tile j (two m64 tiles a warpgroup, 128 columns) takes its row
-// 16 w + g from column 2 j of the thread's list and row 16 w + g + 8 from column 2 j + 1, and
-// the 16 K positions of the thread's fragments are its word's code pairs (2 s, 2 s + 4) and
-// (2 s + 1, 2 s + 5) for K step s: wgmma's A fragment layout per warp is mma.sync's, so the
-// mapping, the LOP3 unpacking and the exact q - z are cuda-gptq-mma's. The scale multiplies
-// the fragments (HMUL2), so the weight rounds once to float16, as a dequantize-then-matmul's.
+// operand and comes from registers, where each thread dequantizes packed words, and x is the B
+// operand, which wgmma reads from shared memory. Thread 4 g + c of warp w of a warpgroup takes,
+// for each 32 rows of K, word row c of its 2 kTiles adjacent columns; tile j (an m64 tile: two
+// a warpgroup, 128 columns, or one, 64 columns, at 256 rows) takes its row 16 w + g from column
+// 2 j of the thread's list and row 16 w + g + 8 from column 2 j + 1, and the 16 K positions of
+// the thread's fragments are its word's code pairs (2 s, 2 s + 4) and (2 s + 1, 2 s + 5) for
+// K step s: wgmma's A fragment layout per warp is mma.sync's, so the mapping, the LOP3
+// unpacking and the exact q - z are cuda-gptq-mma's. The scale multiplies the fragments
+// (HMUL2), so the weight rounds once to float16, as a dequantize-then-matmul's.
 //
 // x must then sit in shared memory in that K order: within every 32 rows of K, logical
 // position 16 s + 2 t + e holds row 8 t + 2 s + 4 e and position 16 s + 8 + 2 t + e row
 // 8 t + 2 s + 1 + 4 e. The binding gathers x into that order once per call (gather_rows with
 // the layer's `order`, which folds act-order's perm in as well, so act-order costs nothing
-// more), and the kernel copies tiles of it with cp.async into a ring of kStages stages, in the
-// 128-byte swizzled K-major layout wgmma's descriptors name: row r of a stage (one row of x,
-// 64 rows of K, 128 bytes) holds its 16-byte chunk q at chunk q ^ (r % 8).
+// more).
 //
-// A block is two warpgroups side by side (256 columns) over TOKENS rows of x (16 to 128: the
-// wgmma's N), stepping through K 64 rows at a time (two units, four k16 wgmmas a tile). Each
-// warpgroup issues a step's wgmmas and leaves them in flight; once the previous step's are done
-// it dequantizes the next step's weight into the other set of fragment registers, and loads
-// the step after next. Splitting K across
-// blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a float32
+// Warp-specialized. A block is three warpgroups over TOKENS rows of x (16 to 256: the wgmma's
+// N) and 2 x 64 kTiles columns, stepping through K 64 rows at a time. One thread of warpgroup 0,
+// the producer, copies each step by TMA into a ring of kStages shared-memory stages: x's tile
+// (TOKENS rows of 128 bytes in the 128-byte swizzle that the wgmma descriptors name; rows past
+// M read as zeros), the packed words (boxes of 8 word rows by 32 columns, swizzled the same
+// way, which spreads the consumers' 16-byte reads over the banks) and the group's scales and zero
+// points; an mbarrier per stage counts the bytes in ("full") and another the consumers done
+// with it ("empty"). Warpgroups 1 and 2, the consumers (setmaxnreg gives them the registers
+// the producer does not need), each take half the columns: per unit of 32 rows they read
+// their words from the stage, dequantize them into fragments and issue the unit's wgmmas,
+// keeping two units queued on the tensor cores while the next is dequantized. Splitting K
+// across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a float32
 // workspace, the last block of a tile adds).
+//
+// How it got here (H100, ratio to fp16 cuBLAS at 1024 rows on 28672x8192): every warpgroup
+// loading its own weight and cp.async-copying x behind block barriers, 0.62x (latency-bound,
+// ~2,200 cycles a step); a producer warpgroup copying by cp.async, 0.72x (its address
+// arithmetic, ~110-290 instructions a step, held the consumers up: ncu); TMA, 0.85x (tensor
+// pipe 76% busy); one m64 tile a consumer at 256 rows (n256 wgmma, half the dequantizing per
+// product), 0.92-0.97x.
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -43,6 +50,11 @@
 #include "gptq_gemv.h"
 #include "kernel_common.cuh"
 
+#ifndef FERRULE_GEMV_EMULATED
+#include <cuda.h>  // CUtensorMap; encoded through the runtime's driver entry point
+#include <cudaTypedefs.h>
+#endif
+
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FERRULE_WGMMA 1
 #else
@@ -52,6 +64,22 @@
 namespace ferrule_gemv {
 namespace {
 
+#ifdef FERRULE_GEMV_EMULATED
+using TensorMap = EmulatedTensorMap;  // tests/emulation/cuda_host_shim.h
+#else
+using TensorMap = CUtensorMap;
+#endif
+
+// The TMA tensor maps of a launch: x (gathered, [M][K]) in tiles of TOKENS rows by one step,
+// the packed words in boxes of 8 word rows by 32 columns (both in the 128-byte swizzle), and
+// one group's row of scales and of zero-point words for the block's 256 columns.
+struct Maps {
+  TensorMap x;
+  TensorMap words;
+  TensorMap scales;
+  TensorMap zeros;
+};
+
 using common::and_or;
 using common::bits_half2;
 using common::column_word;
@@ -60,21 +88,29 @@ using common::half2_bits;
 // Warpgroup 0 of a block is the producer, warpgroups 1 and 2 the consumers.
 constexpr int kConsumers = 2;
 constexpr int kThreads = 128 * (kConsumers + 1);
-constexpr int kGroupCols = 128;  // columns a consumer multiplies: two m64 tiles
-constexpr int kBlockCols = kGroupCols * kConsumers;
+// m64 tiles a consumer multiplies: two (128 columns), or one at 256 rows (64 columns: wgmma's
+// widest N, which halves the dequantizing a product takes).
+template <int TOKENS>
+constexpr int kTiles = TOKENS == 256 ? 1 : 2;
+template <int TOKENS>
+constexpr int kGroupCols = 64 * kTiles<TOKENS>;
+template <int TOKENS>
+constexpr int kBlockCols = kGroupCols<TOKENS> * kConsumers;
 constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
 constexpr int kMinStepsPerSplit = 4;
 constexpr int kAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 128 bytes
 // A stage: x's tile (TOKENS rows of 128 bytes, swizzled), the step's packed words (8 word rows
 // of the block's 256 columns, in the consumers' thread order), and the step's group's scales
 // (512 bytes) and zero-point words (128 bytes), padded so stages stay 1024-aligned.
-constexpr int kWordBytes = 8 * kBlockCols * 4;
-constexpr int kScaleBytes = kBlockCols * 2;
+template <int TOKENS>
+constexpr int kWordBytes = 8 * kBlockCols<TOKENS> * 4;
+template <int TOKENS>
+constexpr int kScaleBytes = kBlockCols<TOKENS> * 2;
 constexpr int kParamBytes = 1024;
 template <int TOKENS>
 constexpr int kXBytes = TOKENS * kStepRows * 2;
 template <int TOKENS>
-constexpr int kStageBytes = kXBytes<TOKENS> + kWordBytes + kParamBytes;
+constexpr int kStageBytes = kXBytes<TOKENS> + kWordBytes<TOKENS> + kParamBytes;
 // Stages in the ring: about 180 KB of shared memory (one block a multiprocessor).
 #ifndef FERRULE_WGMMA_STAGES
 #define FERRULE_WGMMA_STAGES 0
@@ -83,10 +119,16 @@ template <int TOKENS>
 constexpr int kStages = FERRULE_WGMMA_STAGES > 0 ? FERRULE_WGMMA_STAGES
                         : TOKENS <= 32                ? 12
                         : TOKENS == 64                ? 10
-                                                      : 7;
+                        : TOKENS == 128               ? 7
+                                                      : 5;
 constexpr int kMaxStages = 16;
 template <int TOKENS>
 constexpr int kSharedBytes = kStages<TOKENS> * kStageBytes<TOKENS> + kAlign;
+// Bytes the TMA copies of a step bring (boxes past the tensor's edges count whole).
+template <int TOKENS>
+constexpr uint32_t kStageTx =
+    kXBytes<TOKENS> + kWordBytes<TOKENS> + kScaleBytes<TOKENS> + kBlockCols<TOKENS> / 8 * 4;
+constexpr int kWordBox = 32;  // columns of a words box: 128 bytes
 
 // d += a b for one m64nNk16 tile: A (64 x 16 float16) from registers, B (16 x N float16,
 // K-major, 128-byte swizzle) from shared memory through `desc`, float32 sums.
@@ -160,6 +202,46 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
 }
 
+template <>
+__device__ __forceinline__ void wgmma_rs<256>(float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+      :
+        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]),
+        "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),
+        "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]),
+        "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]),
+        "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
+        "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]),
+        "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),
+        "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+
 #endif  // FERRULE_WGMMA
 
 __device__ __forceinline__ void wgmma_fence() {
@@ -224,30 +306,6 @@ __device__ __forceinline__ void mma_step(float (&d)[N / 2], const uint32_t (&a)[
 #endif
 }
 
-// `BYTES` (4, 8 or 16) from global `src` to shared `dst` (zeros when !ok), asynchronously on the
-// device (cp.async; the emulation copies at once).
-template <int BYTES>
-__device__ __forceinline__ void copy_async(void* dst, uint32_t dst_address, const void* src,
-                                           bool ok) {
-#ifdef __CUDA_ARCH__
-  (void)dst;
-  if constexpr (BYTES == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst_address), "l"(src),
-                 "r"(ok ? 16 : 0));
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(dst_address), "l"(src),
-                 "n"(BYTES), "r"(ok ? BYTES : 0));
-  }
-#else
-  (void)dst_address;
-  if (ok) {
-    std::memcpy(dst, src, BYTES);
-  } else {
-    std::memset(dst, 0, BYTES);
-  }
-#endif
-}
-
 // mbarriers in shared memory (`bar` its address on the device, the emulation's pointer on the
 // host): init with the arrivals a phase expects, arrive, and wait for the phase of `parity`.
 __device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t address, uint32_t count) {
@@ -274,16 +332,35 @@ __device__ __forceinline__ void barrier_arrive(uint64_t* bar, uint32_t address) 
 #endif
 }
 
-// Arrives once this thread's cp.async copies so far have landed (counted among the expected).
-__device__ __forceinline__ void barrier_arrive_copies(uint64_t* bar, uint32_t address) {
+// Arrives and expects `bytes` more of TMA copies before the phase completes.
+__device__ __forceinline__ void barrier_expect(uint64_t* bar, uint32_t address, uint32_t bytes) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
   (void)bar;
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(address) : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(address), "r"(bytes)
+               : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
   (void)address;
-  emulated_barrier_arrive(bar);  // the emulation's copies have landed
+  emulated_barrier_arrive(bar, bytes);
 #else
-  (void)bar; (void)address;
+  (void)bar; (void)address; (void)bytes;
+#endif
+}
+
+// The box of `map` at element (c0, c1) into shared `dst` by TMA; its bytes complete `bar`.
+__device__ __forceinline__ void tma_load(char* dst, uint32_t dst_address, const TensorMap& map,
+                                         int c0, int c1, uint64_t* bar, uint32_t bar_address) {
+#if FERRULE_WGMMA
+  (void)dst; (void)bar;
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+      "[%0], [%1, {%2, %3}], [%4];" ::"r"(dst_address),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(bar_address)
+      : "memory");
+#elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
+  (void)dst_address; (void)bar_address;
+  emulated_tma_load(dst, map, c0, c1, bar);
+#else
+  (void)dst; (void)dst_address; (void)map; (void)c0; (void)c1; (void)bar; (void)bar_address;
 #endif
 }
 
@@ -307,13 +384,6 @@ __device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t address, ui
 #endif
 }
 
-// Makes shared memory written through the generic proxy (cp.async) visible to wgmma.
-__device__ __forceinline__ void proxy_fence() {
-#if FERRULE_WGMMA
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-
 // Register budgets of the producer and the consumers (sm_90a's setmaxnreg): the consumers hold
 // the sums and two steps' fragments.
 template <bool kIncrease, int kRegisters>
@@ -334,12 +404,17 @@ struct Held {
   uint32_t zeros;  // the word of 8 zero points that holds theirs (from bit 4 (col % 8))
 };
 
-// Fragments of one step: [unit][K step s][tile j][register].
-using Fragments = uint32_t[2][2][2][4];
+// Fragments of one unit (32 rows of K): [K step s][tile j][register].
+template <int kT>
+using UnitFragments = uint32_t[2][kT][4];
 
 template <int TOKENS>
-__global__ void __launch_bounds__(kThreads, 1) gptq_wgmma_kernel(const Problem p) {
+__global__ void __launch_bounds__(kThreads, 1)
+    gptq_wgmma_kernel(const __grid_constant__ Problem p, const __grid_constant__ Maps maps) {
   constexpr int kSums = TOKENS / 2;  // float32 sums a consumer thread holds per tile
+  constexpr int kT = kTiles<TOKENS>;
+  constexpr int kCols = 2 * kT;  // columns a consumer thread holds
+  constexpr int kBlock = kBlockCols<TOKENS>;
   constexpr int S = kStages<TOKENS>;
   static_assert(S >= 3 && S <= kMaxStages, "stages");
 #ifdef FERRULE_GEMV_EMULATED
@@ -347,8 +422,8 @@ __global__ void __launch_bounds__(kThreads, 1) gptq_wgmma_kernel(const Problem p
 #else
   extern __shared__ __align__(16) char raw[];
 #endif
-  // full[s]: stage s has landed (the producer's 128 threads arrive as their copies land);
-  // empty[s]: the consumers' 256 threads are done with it.
+  // full[s]: stage s has landed (the producer's expected bytes); empty[s]: the consumers' 256
+  // threads are done with it.
   __shared__ __align__(8) uint64_t full[kMaxStages];
   __shared__ __align__(8) uint64_t empty[kMaxStages];
   __shared__ bool last_block;
@@ -369,7 +444,7 @@ __global__ void __launch_bounds__(kThreads, 1) gptq_wgmma_kernel(const Problem p
   const int M = p.M;
   const int K = p.K;
   const int row0 = blockIdx.z * TOKENS;
-  const int col0 = blockIdx.x * kBlockCols;
+  const int col0 = blockIdx.x * kBlock;
   const int steps = K / kStepRows;
   const int step_begin = blockIdx.y * p.units_per_split;
   const int step_end = min(step_begin + p.units_per_split, steps);
@@ -377,7 +452,7 @@ __global__ void __launch_bounds__(kThreads, 1) gptq_wgmma_kernel(const Problem p
 
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
-      barrier_init(&full[s], bar_address(&full[s]), 128);
+      barrier_init(&full[s], bar_address(&full[s]), 1);
       barrier_init(&empty[s], bar_address(&empty[s]), 128 * kConsumers);
     }
   }
@@ -388,84 +463,41 @@ __global__ void __launch_bounds__(kThreads, 1) gptq_wgmma_kernel(const Problem p
   const int lane = t & 31;
   const int g = lane >> 2;
   const int c = lane & 3;
-  const int local_col = (role - 1) * kGroupCols + (t >> 5) * 32 + 4 * g;
+  const int local_col = (role - 1) * kGroupCols<TOKENS> + (t >> 5) * 16 * kT + kCols * g;
   const int col = col0 + local_col;
 
   if (role == 0) {
-    // Producer: copies each step into its stage once the consumers have freed it. What a
-    // thread copies is fixed up front, so a step is its copies and pointer increments (the
-    // producer's 4 warps issue for the whole block: computing each address in the step made
-    // them the bottleneck, ~290 instructions a step at 128 rows).
+    // Producer: one thread issues each step's TMA copies into its stage once the consumers
+    // have freed it. (Copied with cp.async by the whole warpgroup instead, the producer's
+    // address arithmetic, ~110-290 instructions a step, held the consumers up.)
     set_registers<false, 40>();
-    // Words: chunk i = t + 128 k (16 bytes) is lane (4 g + c) of warp w of consumer k % 2,
-    // unit k / 2: word row 4 (k / 2) + c of the step, columns 128 (k % 2) + 32 w + 4 g .. + 3.
-    const int lane_of = t & 31;
-    const int word_col = col0 + (t >> 5) * 32 + 4 * (lane_of >> 2);
-    const bool words_ok[2] = {word_col < N, word_col + kGroupCols < N};
-    const int64_t n4 = N / 4;
-    const int4* word_src = reinterpret_cast<const int4*>(p.qweight) +
-                           (static_cast<int64_t>(step_begin) * 8 + (lane_of & 3)) * n4 +
-                           (words_ok[0] ? word_col / 4 : 0);
-    // x: chunk q = t % 8 of rows r = t / 8 + 16 j, j < TOKENS / 16 (zeros past M), at chunk
-    // q ^ (r % 8) of its 128 bytes: the 128-byte swizzle.
-    constexpr int kXCopies = TOKENS / 16;
-    const int x_row = t >> 3;
-    const int x_chunk = t & 7;
-    uint32_t x_ok = 0;
+    if (t == 0) {
+      common::wait_for_inputs();  // x is the gather kernel's output
+      int stage = 0;
+      uint32_t phase = 0;  // of the empty barriers' use: the stage's previous round
+      for (int step = step_begin; step < step_end; ++step) {
+        uint64_t* const bar = &full[stage];
+        const uint32_t bar_at = bar_address(bar);
+        if (step - step_begin >= S) barrier_wait(&empty[stage], bar_address(&empty[stage]), phase ^ 1u);
+        char* const base = smem + stage * kStageBytes<TOKENS>;
+        const uint32_t base_address = smem_address + stage * kStageBytes<TOKENS>;
+        barrier_expect(bar, bar_at, kStageTx<TOKENS>);
+        tma_load(base, base_address, maps.x, step * kStepRows, row0, bar, bar_at);
 #pragma unroll
-    for (int j = 0; j < kXCopies; ++j) x_ok |= (row0 + x_row + 16 * j < M ? 1u : 0u) << j;
-    const __half* x_src = static_cast<const __half*>(p.x) + static_cast<int64_t>(row0 + x_row) * K +
-                          static_cast<int64_t>(step_begin) * kStepRows + 8 * x_chunk;
-    const int64_t x_rows16 = static_cast<int64_t>(16) * K;
-    const int x_offset = x_row * 128 + ((x_chunk ^ (x_row & 7)) << 4);
-    // Parameters: threads 0-63 the scales of 4 columns, 64-95 the zero-point word of 8.
-    const bool is_scale = t < kBlockCols / 4;
-    const bool is_zero = !is_scale && t < kBlockCols / 4 + kBlockCols / 8;
-    const int param_col = is_scale ? col0 + 4 * t : col0 + 8 * (t - kBlockCols / 4);
-    const bool param_ok = (is_scale || is_zero) && param_col < N;
-    const char* const param_src =
-        is_scale ? static_cast<const char*>(p.scales) + 2 * static_cast<int64_t>(param_col)
-                 : reinterpret_cast<const char*>(p.qzeros) + 4 * static_cast<int64_t>(param_col / 8);
-    const int64_t param_row = is_scale ? 2 * static_cast<int64_t>(N) : N / 2;  // bytes a group
-    const int param_offset =
-        kXBytes<TOKENS> + kWordBytes + (is_scale ? 8 * t : kScaleBytes + 4 * (t - kBlockCols / 4));
-
-    common::wait_for_inputs();  // x is the gather kernel's output
-    int stage = 0;
-    uint32_t phase = 0;  // of the empty barriers' use: the stage's previous round
-    for (int step = step_begin; step < step_end; ++step) {
-      if (step - step_begin >= S) barrier_wait(&empty[stage], bar_address(&empty[stage]), phase ^ 1u);
-      char* const base = smem + stage * kStageBytes<TOKENS>;
-      const uint32_t base_address = smem_address + stage * kStageBytes<TOKENS>;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int offset = kXBytes<TOKENS> + 16 * t + 2048 * k;
-        // (Past N the copy reads nothing: cp.async with a source size of 0 fills zeros.)
-        copy_async<16>(base + offset, base_address + offset,
-                       word_src + (k / 2) * 4 * n4 + (k % 2) * (kGroupCols / 4), words_ok[k % 2]);
-      }
-      word_src += 8 * n4;
-      if (is_scale || is_zero) {
-        const int64_t group = common::group_of(p, step * kStepRows);
-        const char* src = param_ok ? param_src + group * param_row : param_src;
-        if (is_scale) {
-          copy_async<8>(base + param_offset, base_address + param_offset, src, param_ok);
-        } else {
-          copy_async<4>(base + param_offset, base_address + param_offset, src, param_ok);
+        for (int b = 0; b < kBlock / kWordBox; ++b) {
+          const int offset = kXBytes<TOKENS> + 1024 * b;
+          tma_load(base + offset, base_address + offset, maps.words, col0 + kWordBox * b, step * 8,
+                   bar, bar_at);
         }
-      }
-      const __half* src = x_src;
-#pragma unroll
-      for (int j = 0; j < kXCopies; ++j) {
-        const int offset = x_offset + 2048 * j;
-        copy_async<16>(base + offset, base_address + offset, src, (x_ok >> j) & 1u);
-        src += x_rows16;
-      }
-      x_src += kStepRows;
-      barrier_arrive_copies(&full[stage], bar_address(&full[stage]));
-      if (++stage == S) {
-        stage = 0;
-        phase ^= 1u;
+        const int group = static_cast<int>(common::group_of(p, step * kStepRows));
+        constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
+        tma_load(base + kScales, base_address + kScales, maps.scales, col0, group, bar, bar_at);
+        constexpr int kZeros = kScales + kScaleBytes<TOKENS>;
+        tma_load(base + kZeros, base_address + kZeros, maps.zeros, col0 / 8, group, bar, bar_at);
+        if (++stage == S) {
+          stage = 0;
+          phase ^= 1u;
+        }
       }
     }
     common::release_dependents();
@@ -473,103 +505,122 @@ __global__ void __launch_bounds__(kThreads, 1) gptq_wgmma_kernel(const Problem p
     // Consumer: dequantizes a step from its stage into fragments, then issues its wgmmas
     // while dequantizing the next.
     set_registers<true, 232>();
-    float acc[2][kSums];
+    float acc[kT][kSums];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < kT; ++j) {
 #pragma unroll
       for (int i = 0; i < kSums; ++i) acc[j][i] = 0.0f;
     }
     const int zero_shift = 4 * (col % 8);
+    // The thread's words: box local_col / 32 (1 KB: 8 word rows of 32 columns), at byte
+    // 4 (local_col % 32) of a row, 16-byte chunk `word_chunk` before the swizzle.
+    const int word_box = 1024 * (local_col / kWordBox);
+    const int word_chunk = (local_col % kWordBox) / 4;
+    const int word_half = 4 * (local_col % 4);  // 0, or 8 bytes into the chunk (kT = 1)
     auto take = [&](Held& h, int n) {
       const int stage = n % S;
       barrier_wait(&full[stage], bar_address(&full[stage]), (n / S) & 1);
-      proxy_fence();  // x of this stage, for wgmma
       const char* const base = smem + stage * kStageBytes<TOKENS>;
-      const char* const words = base + kXBytes<TOKENS>;
-      const char* const params = words + kWordBytes;
+      const char* const words = base + kXBytes<TOKENS> + word_box + word_half;
+      const char* const params = base + kXBytes<TOKENS> + kWordBytes<TOKENS>;
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        h.words[u] = *reinterpret_cast<const int4*>(words + 16 * (256 * u + t + 128 * (role - 1)));
-      }
-      h.scales = *reinterpret_cast<const uint2*>(params + 2 * local_col);
-      h.zeros = *reinterpret_cast<const uint32_t*>(params + kScaleBytes + 4 * (local_col / 8));
-    };
-    // (q - z) s of each code of the held step, as the fragments of its 4 k16 wgmmas.
-    auto dequantize = [&](const Held& h, Fragments& a) {
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        uint32_t wp[4][4];  // [column k of the list][code pair]
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const uint32_t w = column_word(h.words[u], k);
-          const uint32_t z = (h.zeros >> (zero_shift + 4 * k)) & 0xFu;
-          const uint32_t scale_pair = k < 2 ? h.scales.x : h.scales.y;
-          const uint32_t scale_bits = (k & 1) ? scale_pair >> 16 : scale_pair & 0xFFFFu;
-          const __half2 scale = bits_half2(scale_bits * 0x00010001u);
-          __half2 v[4];
-          common::code_pairs(w, z, v);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) wp[k][i] = half2_bits(__hmul2(v[i], scale));
+        // Word row 4 u + c, its chunk at word_chunk ^ (row % 8): the 128-byte swizzle.
+        const int row = 4 * u + c;
+        const char* at = words + 128 * row + ((word_chunk ^ (row & 7)) << 4);
+        if constexpr (kT == 2) {
+          h.words[u] = *reinterpret_cast<const int4*>(at);
+        } else {
+          const uint2 two = *reinterpret_cast<const uint2*>(at);
+          h.words[u] = make_int4(static_cast<int>(two.x), static_cast<int>(two.y), 0, 0);
         }
+      }
+      if constexpr (kT == 2) {
+        h.scales = *reinterpret_cast<const uint2*>(params + 2 * local_col);
+      } else {
+        h.scales = make_uint2(*reinterpret_cast<const uint32_t*>(params + 2 * local_col), 0u);
+      }
+      h.zeros = *reinterpret_cast<const uint32_t*>(params + kScaleBytes<TOKENS> + 4 * (local_col / 8));
+    };
+    // (q - z) s of each code of unit u (32 rows of K) of the held step, as the fragments of its
+    // 2 k16 wgmmas a tile.
+    auto dequantize = [&](const Held& h, int u, UnitFragments<kT>& a) {
+      uint32_t wp[kCols][4];  // [column k of the list][code pair]
 #pragma unroll
-        for (int s = 0; s < 2; ++s) {
+      for (int k = 0; k < kCols; ++k) {
+        const uint32_t w = column_word(h.words[u], k);
+        const uint32_t z = (h.zeros >> (zero_shift + 4 * k)) & 0xFu;
+        const uint32_t scale_pair = k < 2 ? h.scales.x : h.scales.y;
+        const uint32_t scale_bits = (k & 1) ? scale_pair >> 16 : scale_pair & 0xFFFFu;
+        const __half2 scale = bits_half2(scale_bits * 0x00010001u);
+        __half2 v[4];
+        common::code_pairs(w, z, v);
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            a[u][s][j][0] = wp[2 * j][2 * s];
-            a[u][s][j][1] = wp[2 * j + 1][2 * s];
-            a[u][s][j][2] = wp[2 * j][2 * s + 1];
-            a[u][s][j][3] = wp[2 * j + 1][2 * s + 1];
-          }
+        for (int i = 0; i < 4; ++i) wp[k][i] = half2_bits(__hmul2(v[i], scale));
+      }
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+#pragma unroll
+        for (int j = 0; j < kT; ++j) {
+          a[s][j][0] = wp[2 * j][2 * s];
+          a[s][j][1] = wp[2 * j + 1][2 * s];
+          a[s][j][2] = wp[2 * j][2 * s + 1];
+          a[s][j][3] = wp[2 * j + 1][2 * s + 1];
         }
       }
     };
     const uint64_t first_desc = descriptor(smem_address);  // stage 0, k16 step 0
-    // Issues step n's wgmmas with fragments `a`, leaving them in flight; once step n - 1's are
-    // done, frees its stage and dequantizes step n + 1 into `next` (step n - 1's fragments).
-    auto run_step = [&](int n, const Fragments& a, Fragments& next) {
-      const uint32_t stage = static_cast<uint32_t>(n % S);
+    const int units = 2 * (step_end - step_begin);  // of 32 rows: two a step
+    Held held;  // the step of the next unit to dequantize
+    // Issues unit v's wgmmas with fragments `a`, leaving them in flight; once unit v - 2's are
+    // done (and with them, at a step's second unit, the step's stage), dequantizes unit v + 2
+    // into `next` (unit v - 2's fragments). Two units stay queued on the tensor cores while a
+    // third is dequantized.
+    auto run_unit = [&](int v, const UnitFragments<kT>& a, UnitFragments<kT>& next) {
+      const uint32_t stage = static_cast<uint32_t>((v >> 1) % S);
       wgmma_fence();
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int s = 0; s < 2; ++s) {
+        // The start address field (address / 16) moves with the stage and the k16 step.
+        const uint64_t desc =
+            first_desc + ((stage * kStageBytes<TOKENS> + 32 * (2 * (v & 1) + s)) >> 4);
 #pragma unroll
-        for (int s = 0; s < 2; ++s) {
-          // The start address field (address / 16) moves with the stage and the k16 step.
-          const uint64_t desc =
-              first_desc + ((stage * kStageBytes<TOKENS> + 32 * (2 * u + s)) >> 4);
-#pragma unroll
-          for (int j = 0; j < 2; ++j) mma_step<TOKENS>(acc[j], a[u][s][j], desc, raw);
-        }
+        for (int j = 0; j < kT; ++j) mma_step<TOKENS>(acc[j], a[s][j], desc, raw);
       }
       wgmma_commit();
-      wgmma_wait<1>();  // step n - 1's wgmmas
-      if (n > 0) {
-        const int before = (n - 1) % S;
-        barrier_arrive(&empty[before], bar_address(&empty[before]));
+      wgmma_wait<2>();  // unit v - 2's wgmmas
+      if (v >= 2 && ((v - 2) & 1)) {
+        const int done = ((v - 2) >> 1) % S;
+        barrier_arrive(&empty[done], bar_address(&empty[done]));
       }
-      if (step_begin + n + 1 < step_end) {
-        Held h;
-        take(h, n + 1);
-        dequantize(h, next);
+      const int ahead = v + 2;
+      if (ahead < units) {
+        if ((ahead & 1) == 0) take(held, ahead >> 1);
+        dequantize(held, ahead & 1, next);
       }
     };
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < kT; ++j) {
 #pragma unroll
       for (int i = 0; i < kSums; ++i) pin(acc[j][i]);
     }
-    Fragments frag[2];
-    if (step_begin < step_end) {
-      Held h;
-      take(h, 0);
-      dequantize(h, frag[0]);
+    UnitFragments<kT> frag[4];
+    if (units > 0) {
+      take(held, 0);
+      dequantize(held, 0, frag[0]);
+      dequantize(held, 1, frag[1]);
     }
-    for (int n = 0; step_begin + n < step_end; n += 2) {
-      run_step(n, frag[0], frag[1]);
-      if (step_begin + n + 1 < step_end) run_step(n + 1, frag[1], frag[0]);
+    for (int v = 0; v < units; v += 4) {  // units come in pairs
+      run_unit(v, frag[0], frag[2]);
+      run_unit(v + 1, frag[1], frag[3]);
+      if (v + 2 < units) {
+        run_unit(v + 2, frag[2], frag[0]);
+        run_unit(v + 3, frag[3], frag[1]);
+      }
     }
     wgmma_wait<0>();
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < kT; ++j) {
 #pragma unroll
       for (int i = 0; i < kSums; ++i) pin(acc[j][i]);
     }
@@ -577,40 +628,115 @@ __global__ void __launch_bounds__(kThreads, 1) gptq_wgmma_kernel(const Problem p
     common::release_dependents();
     // Sum i of tile j is column col + 2 j + (i % 4) / 2 of the list, row 8 (i / 4) + 2 c + i % 2.
     __half* __restrict__ out = static_cast<__half*>(p.out);
-    if (col < N) {
+    if (col < N) {  // N % 32 == 0: the thread's columns are all in or all out
 #pragma unroll
-    for (int i = 0; i < kSums / 4; ++i) {
+      for (int i = 0; i < kSums / 4; ++i) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int token = row0 + 8 * i + 2 * c + e;
-        if (token >= M) continue;
-        const float v[4] = {acc[0][4 * i + e], acc[0][4 * i + 2 + e], acc[1][4 * i + e],
-                            acc[1][4 * i + 2 + e]};
-        const size_t at = static_cast<size_t>(token) * N + col;
-        if (splits == 1) {
-          const __half2 lo = __floats2half2_rn(v[0], v[1]);
-          const __half2 hi = __floats2half2_rn(v[2], v[3]);
-          *reinterpret_cast<uint2*>(out + at) = make_uint2(half2_bits(lo), half2_bits(hi));
-        } else {
-          *reinterpret_cast<float4*>(p.workspace + static_cast<size_t>(blockIdx.y) * M * N + at) =
-              make_float4(v[0], v[1], v[2], v[3]);
+        for (int e = 0; e < 2; ++e) {
+          const int token = row0 + 8 * i + 2 * c + e;
+          if (token >= M) continue;
+          float v[kCols];
+#pragma unroll
+          for (int j = 0; j < kT; ++j) {
+            v[2 * j] = acc[j][4 * i + e];
+            v[2 * j + 1] = acc[j][4 * i + 2 + e];
+          }
+          const size_t at = static_cast<size_t>(token) * N + col;
+          float* const partial = p.workspace + static_cast<size_t>(blockIdx.y) * M * N + at;
+          const uint32_t lo = half2_bits(__floats2half2_rn(v[0], v[1]));
+          if constexpr (kT == 2) {
+            if (splits == 1) {
+              const uint32_t hi = half2_bits(__floats2half2_rn(v[2], v[3]));
+              *reinterpret_cast<uint2*>(out + at) = make_uint2(lo, hi);
+            } else {
+              *reinterpret_cast<float4*>(partial) = make_float4(v[0], v[1], v[2], v[3]);
+            }
+          } else {
+            if (splits == 1) {
+              *reinterpret_cast<uint32_t*>(out + at) = lo;
+            } else {
+              *reinterpret_cast<float2*>(partial) = make_float2(v[0], v[1]);
+            }
+          }
         }
       }
     }
-    }
   }
   if (splits == 1) return;
-  common::add_up_splits<__half, kThreads>(p.counters, p.workspace, static_cast<__half*>(p.out), M, N, row0, TOKENS,
-                                          col0, kBlockCols, blockIdx.z * gridDim.x + blockIdx.x,
-                                          splits, last_block);
+  common::add_up_splits<__half, kThreads>(p.counters, p.workspace, static_cast<__half*>(p.out), M,
+                                          N, row0, TOKENS, col0, kBlock,
+                                          blockIdx.z * gridDim.x + blockIdx.x, splits, last_block);
 }
+
+// One 2-D map: `dim0` elements of `element` bytes a row (a multiple of 16 bytes apart), `dim1`
+// rows, boxes of box0 x box1; zeros outside the tensor.
+cudaError_t make_map(TensorMap& map, const void* base, bool is_f16, uint64_t dim0, uint64_t dim1,
+                     uint64_t row_bytes, uint32_t box0, uint32_t box1, bool swizzle) {
+#ifdef FERRULE_GEMV_EMULATED
+  map = TensorMap{static_cast<const char*>(base), dim0, dim1, row_bytes, box0, box1, 2u + 2u * !is_f16,
+                  swizzle};
+  return cudaSuccess;
+#else
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
+    const cudaError_t status =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
+#else
+    const cudaError_t status =
+        cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found);
+#endif
+    return status == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)
+               : nullptr;
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {dim0, dim1};
+  const cuuint64_t strides[1] = {row_bytes};
+  const cuuint32_t box[2] = {box0, box1};
+  const cuuint32_t unit[2] = {1, 1};
+  const CUresult r = encode(&map, is_f16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_INT32,
+                            2, const_cast<void*>(base), dims, strides, box, unit,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+#endif
+}
+
+cudaError_t make_maps(const Problem& p, int tokens, int block_cols, Maps& maps) {
+  const uint64_t groups = (static_cast<uint64_t>(p.K) + p.group_size - 1) / p.group_size;
+  cudaError_t e = make_map(maps.x, p.x, true, p.K, p.M, 2ull * p.K, kStepRows, tokens, true);
+  if (e == cudaSuccess) {
+    e = make_map(maps.words, p.qweight, false, p.N, p.K / 8, 4ull * p.N, kWordBox, 8, true);
+  }
+  if (e == cudaSuccess) {
+    e = make_map(maps.scales, p.scales, true, p.N, groups, 2ull * p.N, block_cols, 1, false);
+  }
+  if (e == cudaSuccess) {
+    e = make_map(maps.zeros, p.qzeros, false, p.N / 8, groups, p.N / 2, block_cols / 8, 1, false);
+  }
+  return e;
+}
+
 template <int TOKENS>
 struct Kernel {
-  using Launch = common::Launcher<gptq_wgmma_kernel<TOKENS>, kThreads, kSharedBytes<TOKENS>>;
-  static int occupancy() { return Launch::occupancy(); }
+  static constexpr auto kKernel = gptq_wgmma_kernel<TOKENS>;
+  static int occupancy() {
+    static const int blocks = common::resident_blocks(kKernel, kThreads, kSharedBytes<TOKENS>);
+    return blocks;
+  }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
-    const dim3 grid((p.N + kBlockCols - 1) / kBlockCols, p.splits, (p.M + TOKENS - 1) / TOKENS);
-    return Launch::launch_on(grid, p, stream);
+    static const cudaError_t allowed = common::allow_shared(kKernel, kSharedBytes<TOKENS>);
+    if (allowed != cudaSuccess) return allowed;
+    Maps maps;
+    const cudaError_t made = make_maps(p, TOKENS, kBlockCols<TOKENS>, maps);
+    if (made != cudaSuccess) return made;
+    const dim3 grid((p.N + kBlockCols<TOKENS> - 1) / kBlockCols<TOKENS>, p.splits,
+                    (p.M + TOKENS - 1) / TOKENS);
+    return common::launch_kernel(kKernel, grid, kThreads, kSharedBytes<TOKENS>, stream, p.pdl, p,
+                                 maps);
   }
 };
 
@@ -620,7 +746,8 @@ auto dispatch(const Problem& p, F&& f) {
     case 16: return f(Kernel<16>{});
     case 32: return f(Kernel<32>{});
     case 64: return f(Kernel<64>{});
-    default: return f(Kernel<128>{});
+    case 128: return f(Kernel<128>{});
+    default: return f(Kernel<256>{});
   }
 }
 
@@ -630,12 +757,22 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   plan_groups(p);
-  if (p.tokens != 16 && p.tokens != 32 && p.tokens != 64 && p.tokens != 128) {
-    p.tokens = p.M <= 16 ? 16 : p.M <= 32 ? 32 : p.M <= 64 ? 64 : 128;
+  if (p.tokens != 16 && p.tokens != 32 && p.tokens != 64 && p.tokens != 128 && p.tokens != 256) {
+    p.tokens = p.M <= 16 ? 16 : p.M <= 32 ? 32 : 64;
+    // The largest tile of rows that pads no more than M needs and alone gives most of a wave
+    // (split-K's partial sums cost more than a larger tile saves), or about a third of one
+    // when K is long enough for split-K to pay; measured on an H100 (Llama-3 layers).
+    for (const int tokens : {128, 256}) {
+      if (tokens > 2 * p.M - 1 && tokens > 64) break;  // no tile past the next power of two
+      const int64_t cols = tokens == 256 ? kBlockCols<256> : kBlockCols<128>;
+      const int64_t tiles = ceil_div(p.N, cols) * ceil_div(p.M, tokens);
+      if (tiles >= (num_sms * 3) / 4 || (tiles >= 48 && p.K >= 8192)) p.tokens = tokens;
+    }
   }
   p.loads = 2;
   const int64_t steps = p.K / kStepRows;
-  const int64_t tiles = ceil_div(p.N, kBlockCols) * ceil_div(p.M, p.tokens);
+  const int64_t block_cols = p.tokens == 256 ? kBlockCols<256> : kBlockCols<128>;
+  const int64_t tiles = ceil_div(p.N, block_cols) * ceil_div(p.M, p.tokens);
   int64_t splits = p.splits;
   if (splits <= 0) {
     const int64_t resident =
