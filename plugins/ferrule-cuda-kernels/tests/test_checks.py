@@ -165,3 +165,15 @@ def test_torch_version_parsing():
     assert checks._torch_version("2.11.0+cu130") == (2, 11)
     assert checks._torch_version("2.5.0a0+git1234") == (2, 5)
     assert checks._torch_version("weird") == (0, 0)
+
+
+def test_rows_each_kernel_serves_on_an_h100(registry, built):
+    """With every plugin installed: gemv 1-2 rows, mma 3-8, triton-gptq 9-255, wgmma 256 up."""
+    pytest.importorskip("ferrule_triton_kernels")
+    plan = registry.select_kernels_by_rows("linear", request(k=4096, n=14336))
+    assert [(low, high, spec.name) for low, high, spec in plan] == [
+        (1, 2, "cuda-gptq-gemv"),
+        (3, 8, "cuda-gptq-mma"),
+        (9, 255, "triton-gptq"),
+        (256, None, "cuda-gptq-wgmma"),
+    ]

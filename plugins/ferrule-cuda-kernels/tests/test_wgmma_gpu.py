@@ -55,14 +55,14 @@ def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
     assert max(errors) < TOLERANCE["float16"], errors
 
 
-def test_selection_from_512_rows():
-    """triton-gptq (as fast or faster on an H100 below 512 rows) serves 9 to 511 rows where
-    installed, cuda-gptq-wgmma 512 and more."""
+def test_selection_from_256_rows():
+    """triton-gptq (as fast or faster on an H100 below 256 rows) serves 9 to 255 rows where
+    installed, cuda-gptq-wgmma 256 and more."""
     registry = load_plugins()
     tensors = random_gptq_tensors(512, 256, 4, 128)
     layer = QuantLinear.from_tensors(tensors, 4, 128, registry=registry).to("cuda")
     with torch.no_grad():
         layer(torch.randn(16, 512, dtype=torch.float16, device="cuda"))
     plan = {spec.name: (low, high) for low, high, spec, _ in layer._plan}
-    assert plan.get("cuda-gptq-wgmma") == (512, None), plan
-    assert plan.get("triton-gptq") == (9, 511), plan
+    assert plan.get("cuda-gptq-wgmma") == (256, None), plan
+    assert plan.get("triton-gptq") == (9, 255), plan

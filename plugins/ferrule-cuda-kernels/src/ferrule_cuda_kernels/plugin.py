@@ -9,8 +9,9 @@ import torch when selection calls them.
   it cannot, it refuses with the reason and selection moves on.
 - ``cuda-gptq-mma``: 4-bit layers, float16, sm_80+, a CUDA C++ tensor-core kernel on the same
   layout and extension, preferred for 3 to 8 input rows.
-- ``cuda-gptq-wgmma``: 4-bit layers, float16, sm_90 (Hopper), a CUDA C++ kernel on ``wgmma``
-  in the same extension; experimental: below ``triton-gptq``, which is faster on an H100.
+- ``cuda-gptq-wgmma``: 4-bit layers, float16, sm_90 (Hopper), a warp-specialized CUDA C++
+  kernel on ``wgmma`` and TMA in the same extension, preferred from 256 input rows (prefill
+  and large decode batches), where it is faster than ``triton-gptq`` on an H100.
 - ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
   activations, sm_80+; a candidate the benchmarks compare.
 
@@ -26,7 +27,7 @@ from ferrule_cuda_kernels.platform import capability, check, memory
 
 GEMV_PRIORITY = 30
 MMA_PRIORITY = 25
-WGMMA_PRIORITY = 22  # over triton-gptq (20) from 512 rows, where it is faster on an H100
+WGMMA_PRIORITY = 22  # over triton-gptq (20) from 256 rows (see preferred_rows)
 TORCH_INT4_PRIORITY = 15
 PLATFORM_PRIORITY = 20
 
@@ -141,14 +142,17 @@ def ferrule_register_kernels():
             min_capability=(9, 0),
             priority=WGMMA_PRIORITY,
             check=check_wgmma,
-            # From 512 rows, where it beat triton-gptq on every Llama-3 layer measured on an H100
-            # (0.86-0.97x fp16 cuBLAS at 512-1024 rows against 0.37-0.81x, 2026-11-27); below,
-            # triton-gptq is as fast or faster on most shapes.
-            preferred_rows=(512, None),
+            # From 256 rows (H100, 2026-11-27): from 512 it beat triton-gptq on every Llama-3
+            # layer measured (0.57-0.97x fp16 cuBLAS against 0.37-0.81x); at 256 on the wide
+            # ones (1.04x / 0.77x against 0.61x / 0.55x; 0.40x / 0.58x against 0.55x / 0.70x
+            # on 4096x4096 / 14336x4096), and the decode steps of the Llama-3-8B W4 offline
+            # benchmark took 4% less time with it from 256 than from 512 (the merged gate/up
+            # projections are wide); below 256, triton-gptq is as fast or faster on most shapes.
+            preferred_rows=(256, None),
             sorted_groups=True,
             description=(
                 "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout, "
-                "for 512 rows and more: warp-specialized, a producer thread streams x (gathered "
+                "for 256 rows and more: warp-specialized, a producer thread streams x (gathered "
                 "once into the fragments' K order, act-order folded in), the packed words and "
                 "the group parameters by TMA into an mbarrier ring, two consumer warpgroups "
                 "dequantize into wgmma's A fragments in registers; split-K; K and group sizes "

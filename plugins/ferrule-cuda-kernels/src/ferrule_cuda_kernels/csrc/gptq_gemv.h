@@ -36,7 +36,7 @@ struct Problem {
   int splits;           // blocks sharing one output tile along K (split-K)
   int units_per_split;  // 4-word units of K each split reads
   // cuda-gptq-mma only (plan_mma; set warps_k and splits beforehand to force them, 0: choose):
-  int tokens;   // rows of x one block serves: 8, 16, 32 or 64 (cuda-gptq-wgmma: 16 to 128)
+  int tokens;   // rows of x one block serves: 8, 16, 32 or 64 (cuda-gptq-wgmma: 16 to 256)
   int loads;    // 16-byte weight loads a thread makes per unit: 1 or 2 (32 columns each a warp)
   int warps_k;  // warps of a block that split its K range (1, 2, 4, 8); the rest split columns
 };
@@ -71,9 +71,9 @@ cudaError_t launch_mma(const Problem& p, cudaStream_t stream);
 cudaError_t gather_rows(const Problem& p, void* out, cudaStream_t stream);
 
 // cuda-gptq-wgmma (gptq_wgmma.cu): float16 x already gathered into the kernel's K order
-// ([M, K] contiguous, see the file's comment), 4-bit codes, K a multiple of 64 and groups of a
-// multiple of 64 rows, Hopper's wgmma (sm_90a). Chooses group_shift, tokens (unless set: 16,
-// 32, 64 or 128), splits (unless set) and units_per_split (steps of 64 rows of K a split).
+// ([M, K] contiguous, see the file's comment), 4-bit codes, K a multiple of 64, N of 32 and
+// groups of a multiple of 64 rows, 16-byte aligned tensors (TMA), Hopper's wgmma (sm_90a). Chooses group_shift, tokens (unless set: 16,
+// 32, 64, 128 or 256), splits (unless set) and units_per_split (steps of 64 rows of K a split).
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity);
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream);
 
