@@ -4,7 +4,8 @@
 // One block at a time; its threads (256 or 384) are std::threads, __shared__ variables are
 // function statics (shared by the block's threads), __syncthreads is a barrier of the block, and
 // __shfl_xor_sync and mma.sync exchange through slots per lane with a barrier of the warp
-// (wgmma: of the warpgroup). cp.async copies at once; an mbarrier is a word of shared memory
+// (wgmma: of the warpgroup; a wgmma runs when wgmma.wait_group retires its group, as late as
+// the device may run it). cp.async copies at once; an mbarrier is a word of shared memory
 // (pending arrivals, expected arrivals, phase, pending bytes) that threads update atomically and
 // spin on; a TMA box copies at once and completes its bytes.
 // Loads are plain reads; atomics are the compiler's. The half and bfloat16 conversions are
@@ -139,17 +140,33 @@ inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint
 }
 
 // wgmma.mma_async m64nNk16, f32 += f16 x f16, A from registers, B K-major in shared memory with
-// the 128-byte swizzle, for one thread of a warpgroup: every thread posts its A fragment, then
-// computes its own N / 2 sums (PTX ISA: warp w of the warpgroup holds A rows 16 w .. 16 w + 15
+// the 128-byte swizzle, for one thread of a warpgroup. Asynchronous as on the device: a wgmma
+// is queued when issued, its group when committed, and it runs when wgmma.wait_group retires
+// its group, reading its A registers, its B tile and its sums then; a kernel that reuses a
+// fragment, frees a stage or reads a sum before waiting for the wgmma gets a wrong result.
+namespace emulation {
+struct Wgmma {
+  float* d;
+  int n;
+  const uint32_t* a;
+  uint64_t desc;
+  const char* base;
+};
+inline thread_local std::vector<Wgmma> wgmma_open;                 // issued, not committed
+inline thread_local std::vector<std::vector<Wgmma>> wgmma_groups;  // committed, oldest first
+}  // namespace emulation
+
+// Runs one queued wgmma for this thread: every thread posts its A fragment, then computes its
+// own N / 2 sums (PTX ISA: warp w of the warpgroup holds A rows 16 w .. 16 w + 15
 // as mma.sync's m16n8k16 A, and D rows 16 w + g, 16 w + g + 8 at columns 8 i + 2 c, + 1).
 // B element (k, n) is at byte start + (n / 8) * stride + (n % 8) * 128 + 2 k of the descriptor's
 // start address and stride, whose bits 4-6 are then XOR-ed with bits 7-9; addresses are offsets
 // in the block's shared buffer `base` (aligned to 1024 bytes like the device's).
-inline void emulated_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc,
-                           const char* base) {
+inline void emulated_wgmma_run(float* d, int n, const uint32_t* a, uint64_t desc,
+                               const char* base) {
   const int t = threadIdx.x & 127;
   const int group = threadIdx.x >> 7;
-  std::memcpy(emulation::wgmma_slots[group][t], a, sizeof a);
+  std::memcpy(emulation::wgmma_slots[group][t], a, 4 * sizeof(uint32_t));
   emulation::group_barrier[group]->arrive_and_wait();
   const uint32_t start = static_cast<uint32_t>(desc & 0x3FFFu) << 4;
   const uint32_t stride = static_cast<uint32_t>((desc >> 32) & 0x3FFFu) << 4;
@@ -245,6 +262,23 @@ inline void emulated_tma_load(char* dst, const EmulatedTensorMap& m, int c0, int
   emulated_barrier_update(bar, 0, -static_cast<int64_t>(row) * m.box1);
 }
 
+inline void emulated_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc,
+                           const char* base) {
+  emulation::wgmma_open.push_back({d, n, a, desc, base});
+}
+inline void emulated_wgmma_commit() {
+  emulation::wgmma_groups.push_back(std::move(emulation::wgmma_open));
+  emulation::wgmma_open.clear();
+}
+// wgmma.wait_group: runs the oldest groups until at most `pending` are left.
+inline void emulated_wgmma_wait(int pending) {
+  auto& groups = emulation::wgmma_groups;
+  while (static_cast<int>(groups.size()) > pending) {
+    for (const auto& w : groups.front()) emulated_wgmma_run(w.d, w.n, w.a, w.desc, w.base);
+    groups.erase(groups.begin());
+  }
+}
+
 // Replaces `kernel<<<grid, threads, shared, stream>>>(args...)`.
 template <class Kernel, class... Args>
 void emulate_launch(Kernel kernel, dim3 grid, int threads_per_block, const Args&... args) {
@@ -272,6 +306,8 @@ void emulate_launch(Kernel kernel, dim3 grid, int threads_per_block, const Args&
             threadIdx = dim3(static_cast<unsigned>(t), 0, 0);
             blockIdx = dim3(x, y, z);
             kernel(args...);
+            // A kernel must wait for its wgmmas before it ends.
+            if (!emulation::wgmma_open.empty() || !emulation::wgmma_groups.empty()) std::abort();
           });
         }
         for (auto& thread : threads) thread.join();

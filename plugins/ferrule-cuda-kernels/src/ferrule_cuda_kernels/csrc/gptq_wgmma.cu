@@ -100,8 +100,8 @@ constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas 
 constexpr int kMinStepsPerSplit = 4;
 constexpr int kAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 128 bytes
 // A stage: x's tile (TOKENS rows of 128 bytes, swizzled), the step's packed words (8 word rows
-// of the block's 256 columns, in the consumers' thread order), and the step's group's scales
-// (512 bytes) and zero-point words (128 bytes), padded so stages stay 1024-aligned.
+// of the block's columns, in swizzled boxes of 32 columns), and the step's group's scales and
+// zero-point words, padded so stages stay 1024-aligned.
 template <int TOKENS>
 constexpr int kWordBytes = 8 * kBlockCols<TOKENS> * 4;
 template <int TOKENS>
@@ -253,6 +253,8 @@ __device__ __forceinline__ void wgmma_fence() {
 __device__ __forceinline__ void wgmma_commit() {
 #if FERRULE_WGMMA
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
+  emulated_wgmma_commit();
 #endif
 }
 
@@ -261,6 +263,8 @@ template <int kPending>
 __device__ __forceinline__ void wgmma_wait() {
 #if FERRULE_WGMMA
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
+#elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
+  emulated_wgmma_wait(kPending);
 #endif
 }
 
@@ -397,9 +401,9 @@ __device__ __forceinline__ void set_registers() {
 #endif
 }
 
-// One step's weight, scales and zeros for a consumer thread's 4 columns.
+// One step's weight, scales and zeros for a consumer thread's 2 kTiles columns.
 struct Held {
-  int4 words[2];  // word rows c and 4 + c of the step, columns col .. col + 3
+  int4 words[2];  // word rows c and 4 + c of the step, columns col .. (x, y only at kTiles 1)
   uint2 scales;   // their scales (float16 bits)
   uint32_t zeros;  // the word of 8 zero points that holds theirs (from bit 4 (col % 8))
 };
