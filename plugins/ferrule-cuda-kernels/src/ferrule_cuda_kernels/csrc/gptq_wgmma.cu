@@ -506,8 +506,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     common::release_dependents();
   } else {
-    // Consumer: dequantizes a step from its stage into fragments, then issues its wgmmas
-    // while dequantizing the next.
+    // Consumer: reads a step's words from its stage, dequantizes them a 32-row unit at a time
+    // into fragments and issues each unit's wgmmas while dequantizing the ones after.
     set_registers<true, 232>();
     float acc[kT][kSums];
 #pragma unroll
@@ -521,6 +521,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int word_box = 1024 * (local_col / kWordBox);
     const int word_chunk = (local_col % kWordBox) / 4;
     const int word_half = 4 * (local_col % 4);  // 0, or 8 bytes into the chunk (kT = 1)
+    // Waits for step n's stage, then reads the thread's words, scales and zero points.
     auto take = [&](Held& h, int n) {
       const int stage = n % S;
       barrier_wait(&full[stage], bar_address(&full[stage]), (n / S) & 1);
