@@ -413,14 +413,12 @@ __global__ void __launch_bounds__(kThreads) gather_whole_rows_kernel(const Probl
   release_dependents();  // the product may start loading its weights; it waits for this grid
   const int m = blockIdx.x;
   const int K = p.K;
-  const __half* __restrict__ x = static_cast<const __half*>(p.x) + m * p.x_stride_m;
+  // x in stored order: 16-byte loads where it is contiguous
+  const common::XReader<__half> reader(static_cast<const __half*>(p.x), p.x_stride_m,
+                                       p.x_stride_k, nullptr, K);
   wait_for_inputs();  // x may be the previous kernel's
-  if (p.x_stride_k == 1 && p.x_stride_m % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0) {
-    for (int o = threadIdx.x; o < K / 8; o += kThreads) {
-      reinterpret_cast<uint4*>(row)[o] = __ldg(reinterpret_cast<const uint4*>(x) + o);
-    }
-  } else {
-    for (int k = threadIdx.x; k < K; k += kThreads) row[k] = x[static_cast<int64_t>(k) * p.x_stride_k];
+  for (int o = threadIdx.x; o < K / 8; o += kThreads) {
+    reinterpret_cast<uint4*>(row)[o] = reader.octet(m, 8 * o);
   }
   __syncthreads();
   const int4* __restrict__ perm = reinterpret_cast<const int4*>(p.perm);

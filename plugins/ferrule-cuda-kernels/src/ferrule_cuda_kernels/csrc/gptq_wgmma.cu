@@ -80,7 +80,6 @@ struct Maps {
   TensorMap zeros;
 };
 
-using common::and_or;
 using common::bits_half2;
 using common::column_word;
 using common::half2_bits;
@@ -96,6 +95,9 @@ template <int TOKENS>
 constexpr int kGroupCols = 64 * kTiles<TOKENS>;
 template <int TOKENS>
 constexpr int kBlockCols = kGroupCols<TOKENS> * kConsumers;
+constexpr int block_cols_for(int tokens) {
+  return tokens == 256 ? kBlockCols<256> : kBlockCols<128>;
+}
 constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
 constexpr int kMinStepsPerSplit = 4;
 constexpr int kAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 128 bytes
@@ -280,7 +282,7 @@ __device__ __forceinline__ void pin(float& r) {
 
 // The shared-memory address of `p` (on the host: its offset from `base`, the emulation's
 // buffer, which is aligned like the device's).
-__device__ __forceinline__ uint32_t shared_address(const void* p, const void* base) {
+__device__ __forceinline__ uint32_t shared_address(const void* p, const void* base = nullptr) {
 #ifdef __CUDA_ARCH__
   (void)base;
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -310,81 +312,73 @@ __device__ __forceinline__ void mma_step(float (&d)[N / 2], const uint32_t (&a)[
 #endif
 }
 
-// mbarriers in shared memory (`bar` its address on the device, the emulation's pointer on the
-// host): init with the arrivals a phase expects, arrive, and wait for the phase of `parity`.
-__device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t address, uint32_t count) {
+// mbarriers in shared memory: init with the arrivals a phase expects, arrive, and wait for the
+// phase of `parity` (the emulation's are words it updates atomically).
+__device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t count) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
-  (void)bar;
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(address), "r"(count) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(bar)), "r"(count)
+               : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  (void)address;
   emulated_barrier_init(bar, count);
 #else
-  (void)bar; (void)address; (void)count;
+  (void)bar; (void)count;
 #endif
 }
 
-__device__ __forceinline__ void barrier_arrive(uint64_t* bar, uint32_t address) {
+__device__ __forceinline__ void barrier_arrive(uint64_t* bar) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
-  (void)bar;
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(address) : "memory");
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(shared_address(bar)) : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  (void)address;
   emulated_barrier_arrive(bar);
 #else
-  (void)bar; (void)address;
+  (void)bar;
 #endif
 }
 
 // Arrives and expects `bytes` more of TMA copies before the phase completes.
-__device__ __forceinline__ void barrier_expect(uint64_t* bar, uint32_t address, uint32_t bytes) {
+__device__ __forceinline__ void barrier_expect(uint64_t* bar, uint32_t bytes) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
-  (void)bar;
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(address), "r"(bytes)
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)),
+               "r"(bytes)
                : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  (void)address;
   emulated_barrier_arrive(bar, bytes);
 #else
-  (void)bar; (void)address; (void)bytes;
+  (void)bar; (void)bytes;
 #endif
 }
 
 // The box of `map` at element (c0, c1) into shared `dst` by TMA; its bytes complete `bar`.
-__device__ __forceinline__ void tma_load(char* dst, uint32_t dst_address, const TensorMap& map,
-                                         int c0, int c1, uint64_t* bar, uint32_t bar_address) {
+__device__ __forceinline__ void tma_load(char* dst, const TensorMap& map, int c0, int c1,
+                                         uint64_t* bar) {
 #if FERRULE_WGMMA
-  (void)dst; (void)bar;
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
-      "[%0], [%1, {%2, %3}], [%4];" ::"r"(dst_address),
-      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(bar_address)
+      "[%0], [%1, {%2, %3}], [%4];" ::"r"(shared_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(shared_address(bar))
       : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  (void)dst_address; (void)bar_address;
   emulated_tma_load(dst, map, c0, c1, bar);
 #else
-  (void)dst; (void)dst_address; (void)map; (void)c0; (void)c1; (void)bar; (void)bar_address;
+  (void)dst; (void)map; (void)c0; (void)c1; (void)bar;
 #endif
 }
 
-__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t address, uint32_t parity) {
+__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
-  (void)bar;
   uint32_t done = 0;
   while (!done) {
     asm volatile(
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
         "selp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
-        : "r"(address), "r"(parity)
+        : "r"(shared_address(bar)), "r"(parity)
         : "memory");
   }
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  (void)address;
   emulated_barrier_wait(bar, parity);
 #else
-  (void)bar; (void)address; (void)parity;
+  (void)bar; (void)parity;
 #endif
 }
 
@@ -434,13 +428,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t raw_address = shared_address(raw, raw);
   char* const smem = raw + ((kAlign - raw_address % kAlign) % kAlign);
   const uint32_t smem_address = shared_address(smem, raw);
-#ifdef __CUDA_ARCH__
-  auto bar_address = [](const uint64_t* bar) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(bar));
-  };
-#else
-  auto bar_address = [](const uint64_t*) { return 0u; };
-#endif
 
   const int tid = threadIdx.x;
   const int role = tid >> 7;  // 0: producer; 1, 2: consumers
@@ -456,8 +443,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
-      barrier_init(&full[s], bar_address(&full[s]), 1);
-      barrier_init(&empty[s], bar_address(&empty[s]), 128 * kConsumers);
+      barrier_init(&full[s], 1);
+      barrier_init(&empty[s], 128 * kConsumers);
     }
   }
   __syncthreads();
@@ -481,23 +468,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       uint32_t phase = 0;  // of the empty barriers' use: the stage's previous round
       for (int step = step_begin; step < step_end; ++step) {
         uint64_t* const bar = &full[stage];
-        const uint32_t bar_at = bar_address(bar);
-        if (step - step_begin >= S) barrier_wait(&empty[stage], bar_address(&empty[stage]), phase ^ 1u);
+        if (step - step_begin >= S) barrier_wait(&empty[stage], phase ^ 1u);
         char* const base = smem + stage * kStageBytes<TOKENS>;
-        const uint32_t base_address = smem_address + stage * kStageBytes<TOKENS>;
-        barrier_expect(bar, bar_at, kStageTx<TOKENS>);
-        tma_load(base, base_address, maps.x, step * kStepRows, row0, bar, bar_at);
+        barrier_expect(bar, kStageTx<TOKENS>);
+        tma_load(base, maps.x, step * kStepRows, row0, bar);
 #pragma unroll
         for (int b = 0; b < kBlock / kWordBox; ++b) {
-          const int offset = kXBytes<TOKENS> + 1024 * b;
-          tma_load(base + offset, base_address + offset, maps.words, col0 + kWordBox * b, step * 8,
-                   bar, bar_at);
+          tma_load(base + kXBytes<TOKENS> + 1024 * b, maps.words, col0 + kWordBox * b, step * 8,
+                   bar);
         }
         const int group = static_cast<int>(common::group_of(p, step * kStepRows));
         constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
-        tma_load(base + kScales, base_address + kScales, maps.scales, col0, group, bar, bar_at);
-        constexpr int kZeros = kScales + kScaleBytes<TOKENS>;
-        tma_load(base + kZeros, base_address + kZeros, maps.zeros, col0 / 8, group, bar, bar_at);
+        tma_load(base + kScales, maps.scales, col0, group, bar);
+        tma_load(base + kScales + kScaleBytes<TOKENS>, maps.zeros, col0 / 8, group, bar);
         if (++stage == S) {
           stage = 0;
           phase ^= 1u;
@@ -524,7 +507,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Waits for step n's stage, then reads the thread's words, scales and zero points.
     auto take = [&](Held& h, int n) {
       const int stage = n % S;
-      barrier_wait(&full[stage], bar_address(&full[stage]), (n / S) & 1);
+      barrier_wait(&full[stage], (n / S) & 1);
       const char* const base = smem + stage * kStageBytes<TOKENS>;
       const char* const words = base + kXBytes<TOKENS> + word_box + word_half;
       const char* const params = base + kXBytes<TOKENS> + kWordBytes<TOKENS>;
@@ -596,7 +579,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_wait<2>();  // unit v - 2's wgmmas
       if (v >= 2 && ((v - 2) & 1)) {
         const int done = ((v - 2) >> 1) % S;
-        barrier_arrive(&empty[done], bar_address(&empty[done]));
+        barrier_arrive(&empty[done]);
       }
       const int ahead = v + 2;
       if (ahead < units) {
@@ -710,7 +693,8 @@ cudaError_t make_map(TensorMap& map, const void* base, bool is_f16, uint64_t dim
 #endif
 }
 
-cudaError_t make_maps(const Problem& p, int tokens, int block_cols, Maps& maps) {
+cudaError_t make_maps(const Problem& p, int tokens, Maps& maps) {
+  const int block_cols = block_cols_for(tokens);
   const uint64_t groups = (static_cast<uint64_t>(p.K) + p.group_size - 1) / p.group_size;
   cudaError_t e = make_map(maps.x, p.x, true, p.K, p.M, 2ull * p.K, kStepRows, tokens, true);
   if (e == cudaSuccess) {
@@ -736,7 +720,7 @@ struct Kernel {
     static const cudaError_t allowed = common::allow_shared(kKernel, kSharedBytes<TOKENS>);
     if (allowed != cudaSuccess) return allowed;
     Maps maps;
-    const cudaError_t made = make_maps(p, TOKENS, kBlockCols<TOKENS>, maps);
+    const cudaError_t made = make_maps(p, TOKENS, maps);
     if (made != cudaSuccess) return made;
     const dim3 grid((p.N + kBlockCols<TOKENS> - 1) / kBlockCols<TOKENS>, p.splits,
                     (p.M + TOKENS - 1) / TOKENS);
@@ -769,15 +753,13 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
     // when K is long enough for split-K to pay; measured on an H100 (Llama-3 layers).
     for (const int tokens : {128, 256}) {
       if (tokens > 2 * p.M - 1 && tokens > 64) break;  // no tile past the next power of two
-      const int64_t cols = tokens == 256 ? kBlockCols<256> : kBlockCols<128>;
-      const int64_t tiles = ceil_div(p.N, cols) * ceil_div(p.M, tokens);
+      const int64_t tiles = ceil_div(p.N, block_cols_for(tokens)) * ceil_div(p.M, tokens);
       if (tiles >= (num_sms * 3) / 4 || (tiles >= 48 && p.K >= 8192)) p.tokens = tokens;
     }
   }
   p.loads = 2;
   const int64_t steps = p.K / kStepRows;
-  const int64_t block_cols = p.tokens == 256 ? kBlockCols<256> : kBlockCols<128>;
-  const int64_t tiles = ceil_div(p.N, block_cols) * ceil_div(p.M, p.tokens);
+  const int64_t tiles = ceil_div(p.N, block_cols_for(p.tokens)) * ceil_div(p.M, p.tokens);
   int64_t splits = p.splits;
   if (splits <= 0) {
     const int64_t resident =
