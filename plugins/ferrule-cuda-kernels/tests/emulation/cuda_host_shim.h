@@ -139,7 +139,7 @@ inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint
   emulation::warp_barrier[warp]->arrive_and_wait();
 }
 
-// wgmma.mma_async m64nNk16, f32 += f16 x f16, A from registers, B K-major in shared memory with
+// wgmma.mma_async m64nNk16, f32 += f16 x f16 (or = with scale-d 0), A from registers, B K-major in shared memory with
 // the 128-byte swizzle, for one thread of a warpgroup. Asynchronous as on the device: a wgmma
 // is queued when issued, its group when committed, and it runs when wgmma.wait_group retires
 // its group, reading its A registers, its B tile and its sums then; a kernel that reuses a
@@ -151,6 +151,7 @@ struct Wgmma {
   const uint32_t* a;
   uint64_t desc;
   const char* base;
+  bool accumulate;  // scale-d: 0 starts the sums from zero
 };
 inline thread_local std::vector<Wgmma> wgmma_open;                 // issued, not committed
 inline thread_local std::vector<std::vector<Wgmma>> wgmma_groups;  // committed, oldest first
@@ -163,7 +164,7 @@ inline thread_local std::vector<std::vector<Wgmma>> wgmma_groups;  // committed,
 // start address and stride, whose bits 4-6 are then XOR-ed with bits 7-9; addresses are offsets
 // in the block's shared buffer `base` (aligned to 1024 bytes like the device's).
 inline void emulated_wgmma_run(float* d, int n, const uint32_t* a, uint64_t desc,
-                               const char* base) {
+                               const char* base, bool accumulate) {
   const int t = threadIdx.x & 127;
   const int group = threadIdx.x >> 7;
   std::memcpy(emulation::wgmma_slots[group][t], a, 4 * sizeof(uint32_t));
@@ -196,7 +197,7 @@ inline void emulated_wgmma_run(float* d, int n, const uint32_t* a, uint64_t desc
       const int col = 8 * i + 2 * c + (e % 2);
       float sum = 0.0f;
       for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
-      d[4 * i + e] += sum;
+      d[4 * i + e] = (accumulate ? d[4 * i + e] : 0.0f) + sum;
     }
   }
   emulation::group_barrier[group]->arrive_and_wait();
@@ -235,36 +236,45 @@ inline void emulated_barrier_wait(uint64_t* bar, uint32_t parity) {
   while (((__atomic_load_n(bar, __ATOMIC_SEQ_CST) >> 24) & 1u) == parity) std::this_thread::yield();
 }
 
-// A 2-D tensor map (TMA): rows of dim0 elements of `element` bytes, `row_bytes` apart; a box of
-// box0 x box1 elements lands row after row, each row's 16-byte chunk q at chunk q ^ (row % 8)
-// when `swizzle` (the 128-byte swizzle; rows of 128 bytes), with zeros outside the tensor.
+// A tensor map (TMA) of 2 or 3 dimensions: dim0 elements of `element` bytes a row, dim1 rows
+// `row_bytes` apart, dim2 planes `plane_bytes` apart (any order of strides); a box of box0 x
+// box1 x box2 elements lands row after row (plane after plane), each row's 16-byte chunk q at
+// chunk q ^ (row % 8) of its 128-byte line when `swizzle` (the 128-byte swizzle; rows of 128
+// bytes), with zeros outside the tensor.
 struct EmulatedTensorMap {
   const char* base;
   uint64_t dim0, dim1, row_bytes;
   uint32_t box0, box1, element;
   bool swizzle;
+  uint64_t dim2 = 1, plane_bytes = 0;
+  uint32_t box2 = 1;
 };
-inline void emulated_tma_load(char* dst, const EmulatedTensorMap& m, int c0, int c1,
+inline void emulated_tma_load(char* dst, const EmulatedTensorMap& m, int c0, int c1, int c2,
                               uint64_t* bar) {
   const uint32_t row = m.box0 * m.element;
-  for (uint32_t r = 0; r < m.box1; ++r) {
-    for (uint32_t e = 0; e < m.box0; ++e) {
-      uint32_t at = r * row + e * m.element;
-      if (m.swizzle) at ^= (r % 8) << 4;
-      const uint64_t i0 = static_cast<uint64_t>(c0) + e, i1 = static_cast<uint64_t>(c1) + r;
-      if (i0 < m.dim0 && i1 < m.dim1) {
-        std::memcpy(dst + at, m.base + i1 * m.row_bytes + i0 * m.element, m.element);
-      } else {
-        std::memset(dst + at, 0, m.element);
+  for (uint32_t z = 0; z < m.box2; ++z) {
+    for (uint32_t r = 0; r < m.box1; ++r) {
+      const uint32_t line = z * m.box1 + r;
+      for (uint32_t e = 0; e < m.box0; ++e) {
+        uint32_t at = line * row + e * m.element;
+        if (m.swizzle) at ^= (line % 8) << 4;
+        const uint64_t i0 = static_cast<uint64_t>(c0) + e, i1 = static_cast<uint64_t>(c1) + r;
+        const uint64_t i2 = static_cast<uint64_t>(c2) + z;
+        if (i0 < m.dim0 && i1 < m.dim1 && i2 < m.dim2) {
+          std::memcpy(dst + at, m.base + i2 * m.plane_bytes + i1 * m.row_bytes + i0 * m.element,
+                      m.element);
+        } else {
+          std::memset(dst + at, 0, m.element);
+        }
       }
     }
   }
-  emulated_barrier_update(bar, 0, -static_cast<int64_t>(row) * m.box1);
+  emulated_barrier_update(bar, 0, -static_cast<int64_t>(row) * m.box1 * m.box2);
 }
 
 inline void emulated_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc,
-                           const char* base) {
-  emulation::wgmma_open.push_back({d, n, a, desc, base});
+                           const char* base, bool accumulate) {
+  emulation::wgmma_open.push_back({d, n, a, desc, base, accumulate});
 }
 inline void emulated_wgmma_commit() {
   emulation::wgmma_groups.push_back(std::move(emulation::wgmma_open));
@@ -274,7 +284,7 @@ inline void emulated_wgmma_commit() {
 inline void emulated_wgmma_wait(int pending) {
   auto& groups = emulation::wgmma_groups;
   while (static_cast<int>(groups.size()) > pending) {
-    for (const auto& w : groups.front()) emulated_wgmma_run(w.d, w.n, w.a, w.desc, w.base);
+    for (const auto& w : groups.front()) emulated_wgmma_run(w.d, w.n, w.a, w.desc, w.base, w.accumulate);
     groups.erase(groups.begin());
   }
 }

@@ -10,8 +10,10 @@
 // 2 j of the thread's list and row 16 w + g + 8 from column 2 j + 1, and the 16 K positions of
 // the thread's fragments are its word's code pairs (2 s, 2 s + 4) and (2 s + 1, 2 s + 5) for
 // K step s: wgmma's A fragment layout per warp is mma.sync's, so the mapping, the LOP3
-// unpacking and the exact q - z are cuda-gptq-mma's. The scale multiplies the fragments
-// (HMUL2), so the weight rounds once to float16, as a dequantize-then-matmul's.
+// unpacking and the exact q - z are cuda-gptq-mma's. Up to 32 rows the fragments stay q - z
+// and the scale multiplies each step's float32 sums, as in cuda-gptq-mma; from 64 rows it
+// multiplies the fragments (HMUL2), so the weight rounds once to float16, as a
+// dequantize-then-matmul's.
 //
 // x must then sit in shared memory in that K order: within every 32 rows of K, logical
 // position 16 s + 2 t + e holds row 8 t + 2 s + 4 e and position 16 s + 8 + 2 t + e row
@@ -23,13 +25,14 @@
 // N) and 2 x 64 kTiles columns, stepping through K 64 rows at a time. One thread of warpgroup 0,
 // the producer, copies each step by TMA into a ring of kStages shared-memory stages: x's tile
 // (TOKENS rows of 128 bytes in the 128-byte swizzle that the wgmma descriptors name; rows past
-// M read as zeros), the packed words (boxes of 8 word rows by 32 columns, swizzled the same
-// way, which spreads the consumers' 16-byte reads over the banks) and the group's scales and zero
-// points; an mbarrier per stage counts the bytes in ("full") and another the consumers done
-// with it ("empty"). Warpgroups 1 and 2, the consumers (setmaxnreg gives them the registers
-// the producer does not need), each take half the columns: per unit of 32 rows they read
-// their words from the stage, dequantize them into fragments and issue the unit's wgmmas,
-// keeping two units queued on the tensor cores while the next is dequantized. Splitting K
+// M read as zeros), the packed words (one 3-D box: 32 columns by 8 word rows by the block's
+// column chunks, swizzled the same way, which spreads the consumers' 16-byte reads over the
+// banks) and the group's scales and zero points; an mbarrier per stage counts the bytes in
+// ("full") and another the consumers done with it ("empty"). Warpgroups 1 and 2, the
+// consumers (setmaxnreg gives them the registers the producer does not need), each take half
+// the columns: per unit of 32 rows they read their words from the stage, dequantize them into
+// fragments and issue the unit's wgmmas, keeping two units queued on the tensor cores while
+// the next is dequantized (up to 32 rows, one unit while the next is dequantized). Splitting K
 // across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a float32
 // workspace, the last block of a tile adds).
 //
@@ -38,7 +41,10 @@
 // ~2,200 cycles a step); a producer warpgroup copying by cp.async, 0.72x (its address
 // arithmetic, ~110-290 instructions a step, held the consumers up: ncu); TMA, 0.85x (tensor
 // pipe 76% busy); one m64 tile a consumer at 256 rows (n256 wgmma, half the dequantizing per
-// product), 0.92-0.97x.
+// product), 0.92-0.97x. At 16 rows the producer thread then held the consumers up (11 copies a
+// step, ~1,000 cycles of dependent instructions: ncu), until the words came in one 3-D box:
+// 28672x8192 at 16 rows from 1.67x to 2.1x, with the scale moved to the sums up to 32 rows
+// and the consumers' shared-memory addresses and next step's reads set up ahead, 2.24x.
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -71,8 +77,9 @@ using TensorMap = CUtensorMap;
 #endif
 
 // The TMA tensor maps of a launch: x (gathered, [M][K]) in tiles of TOKENS rows by one step,
-// the packed words in boxes of 8 word rows by 32 columns (both in the 128-byte swizzle), and
-// one group's row of scales and of zero-point words for the block's 256 columns.
+// the packed words viewed as [K / 8][N / 32][32] in boxes of 8 word rows by the block's column
+// chunks (both in the 128-byte swizzle), and one group's row of scales and of zero-point words
+// for the block's columns.
 struct Maps {
   TensorMap x;
   TensorMap words;
@@ -102,8 +109,8 @@ constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas 
 constexpr int kMinStepsPerSplit = 4;
 constexpr int kAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 128 bytes
 // A stage: x's tile (TOKENS rows of 128 bytes, swizzled), the step's packed words (8 word rows
-// of the block's columns, in swizzled boxes of 32 columns), and the step's group's scales and
-// zero-point words, padded so stages stay 1024-aligned.
+// of each 32 columns of the block, swizzled, chunk after chunk), and the step's group's scales
+// and zero-point words, padded so stages stay 1024-aligned.
 template <int TOKENS>
 constexpr int kWordBytes = 8 * kBlockCols<TOKENS> * 4;
 template <int TOKENS>
@@ -124,22 +131,26 @@ constexpr int kStages = FERRULE_WGMMA_STAGES > 0 ? FERRULE_WGMMA_STAGES
                         : TOKENS == 128               ? 7
                                                       : 5;
 constexpr int kMaxStages = 16;
+constexpr int kBarrierBytes = 2 * kMaxStages * 8;  // the full and empty mbarriers, after the stages
 template <int TOKENS>
-constexpr int kSharedBytes = kStages<TOKENS> * kStageBytes<TOKENS> + kAlign;
+constexpr int kSharedBytes = kStages<TOKENS> * kStageBytes<TOKENS> + kBarrierBytes + kAlign;
 // Bytes the TMA copies of a step bring (boxes past the tensor's edges count whole).
 template <int TOKENS>
 constexpr uint32_t kStageTx =
     kXBytes<TOKENS> + kWordBytes<TOKENS> + kScaleBytes<TOKENS> + kBlockCols<TOKENS> / 8 * 4;
-constexpr int kWordBox = 32;  // columns of a words box: 128 bytes
+constexpr int kWordBox = 32;  // columns of a chunk of the words box: 128 bytes
 
-// d += a b for one m64nNk16 tile: A (64 x 16 float16) from registers, B (16 x N float16,
-// K-major, 128-byte swizzle) from shared memory through `desc`, float32 sums.
+// d += a b (d = a b where `accumulate` is 0) for one m64nNk16 tile: A (64 x 16 float16) from
+// registers, B (16 x N float16, K-major, 128-byte swizzle) from shared memory through `desc`,
+// float32 sums.
 template <int N>
-__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc);
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc,
+                                         int accumulate);
 
 #if FERRULE_WGMMA
 template <>
-__device__ __forceinline__ void wgmma_rs<16>(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {
+__device__ __forceinline__ void wgmma_rs<16>(float (&d)[8], const uint32_t (&a)[4], uint64_t desc,
+                                               int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {"
@@ -147,11 +158,12 @@ __device__ __forceinline__ void wgmma_rs<16>(float (&d)[8], const uint32_t (&a)[
       "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
         "+f"(d[6]), "+f"(d[7])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
 }
 
 template <>
-__device__ __forceinline__ void wgmma_rs<32>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+__device__ __forceinline__ void wgmma_rs<32>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc,
+                                               int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {"
@@ -160,11 +172,12 @@ __device__ __forceinline__ void wgmma_rs<32>(float (&d)[16], const uint32_t (&a)
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
         "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
         "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
 }
 
 template <>
-__device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+__device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,
+                                               int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
@@ -177,11 +190,12 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const uint32_t (&a)
         "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
         "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
 }
 
 template <>
-__device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
+__device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t desc,
+                                               int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
@@ -201,11 +215,12 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
         "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
         "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
 }
 
 template <>
-__device__ __forceinline__ void wgmma_rs<256>(float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {
+__device__ __forceinline__ void wgmma_rs<256>(float (&d)[128], const uint32_t (&a)[4], uint64_t desc,
+                                               int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
@@ -241,7 +256,7 @@ __device__ __forceinline__ void wgmma_rs<256>(float (&d)[128], const uint32_t (&
         "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),
         "+f"(d[126]), "+f"(d[127])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
 }
 
 #endif  // FERRULE_WGMMA
@@ -291,6 +306,21 @@ __device__ __forceinline__ uint32_t shared_address(const void* p, const void* ba
 #endif
 }
 
+// The block's dynamic shared memory, as a pointer and as a shared-space address: the helpers
+// below take byte offsets into it, which give the address with one addition. (Converting a
+// pointer (cvta) took an S2UR and dependent uniform instructions on sm_90 each time, on the
+// consumers' critical path: ncu.)
+struct Shared {
+  char* base;
+  uint32_t address;
+  __device__ __forceinline__ uint32_t at(int offset) const {
+    return address + static_cast<uint32_t>(offset);
+  }
+#ifdef FERRULE_GEMV_EMULATED
+  uint64_t* barrier(int offset) const { return reinterpret_cast<uint64_t*>(base + offset); }
+#endif
+};
+
 // A descriptor of a K-major operand tile in the 128-byte swizzle at shared address `address`:
 // rows of 128 bytes, 8-row groups 1024 bytes apart.
 __device__ __forceinline__ uint64_t descriptor(uint32_t address) {
@@ -300,71 +330,93 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t address) {
 
 template <int N>
 __device__ __forceinline__ void mma_step(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc,
-                                         const char* base) {
+                                         const char* base, int accumulate) {
 #if FERRULE_WGMMA
   (void)base;
-  wgmma_rs<N>(d, a, desc);
+  wgmma_rs<N>(d, a, desc, accumulate);
 #elif defined(__CUDA_ARCH__)
-  (void)d; (void)a; (void)desc; (void)base;
+  (void)d; (void)a; (void)desc; (void)base; (void)accumulate;
   __trap();  // the binding refuses devices other than sm_90
 #elif defined(FERRULE_GEMV_EMULATED)
-  emulated_wgmma(d, N, a, desc, base);  // tests/emulation/cuda_host_shim.h
+  emulated_wgmma(d, N, a, desc, base, accumulate != 0);  // tests/emulation/cuda_host_shim.h
 #endif
 }
 
-// mbarriers in shared memory: init with the arrivals a phase expects, arrive, and wait for the
-// phase of `parity` (the emulation's are words it updates atomically).
-__device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t count) {
+// mbarriers at byte `bar` of the block's shared memory `sh`: init with the arrivals a phase
+// expects, arrive, and wait for the phase of `parity` (the emulation's are words it updates
+// atomically).
+__device__ __forceinline__ void barrier_init(const Shared& sh, int bar, uint32_t count) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(bar)), "r"(count)
-               : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(sh.at(bar)), "r"(count) : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  emulated_barrier_init(bar, count);
+  (void)sh;
+  emulated_barrier_init(sh.barrier(bar), count);
 #else
-  (void)bar; (void)count;
+  (void)sh; (void)bar; (void)count;
 #endif
 }
 
-__device__ __forceinline__ void barrier_arrive(uint64_t* bar) {
+__device__ __forceinline__ void barrier_arrive(const Shared& sh, int bar) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(shared_address(bar)) : "memory");
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(sh.at(bar)) : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  emulated_barrier_arrive(bar);
+  (void)sh;
+  emulated_barrier_arrive(sh.barrier(bar));
 #else
-  (void)bar;
+  (void)sh; (void)bar;
 #endif
 }
 
 // Arrives and expects `bytes` more of TMA copies before the phase completes.
-__device__ __forceinline__ void barrier_expect(uint64_t* bar, uint32_t bytes) {
+__device__ __forceinline__ void barrier_expect(const Shared& sh, int bar, uint32_t bytes) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)),
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(sh.at(bar)),
                "r"(bytes)
                : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  emulated_barrier_arrive(bar, bytes);
+  (void)sh;
+  emulated_barrier_arrive(sh.barrier(bar), bytes);
 #else
-  (void)bar; (void)bytes;
+  (void)sh; (void)bar; (void)bytes;
 #endif
 }
 
-// The box of `map` at element (c0, c1) into shared `dst` by TMA; its bytes complete `bar`.
-__device__ __forceinline__ void tma_load(char* dst, const TensorMap& map, int c0, int c1,
-                                         uint64_t* bar) {
+// The box of a 2-D `map` at element (c0, c1) into byte `dst` of the block's shared memory `sh`
+// by TMA; its bytes complete the mbarrier at byte `bar`.
+__device__ __forceinline__ void tma_load(const Shared& sh, int dst, const TensorMap& map, int c0,
+                                         int c1, int bar) {
 #if FERRULE_WGMMA
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
-      "[%0], [%1, {%2, %3}], [%4];" ::"r"(shared_address(dst)),
-      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(shared_address(bar))
+      "[%0], [%1, {%2, %3}], [%4];" ::"r"(sh.at(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(sh.at(bar))
       : "memory");
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  emulated_tma_load(dst, map, c0, c1, bar);
+  (void)sh;
+  emulated_tma_load(sh.base + dst, map, c0, c1, 0, sh.barrier(bar));
 #else
-  (void)dst; (void)map; (void)c0; (void)c1; (void)bar;
+  (void)sh; (void)dst; (void)map; (void)c0; (void)c1; (void)bar;
 #endif
 }
 
-__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
+// The same for a 3-D `map` at element (c0, c1, c2).
+__device__ __forceinline__ void tma_load(const Shared& sh, int dst, const TensorMap& map, int c0,
+                                         int c1, int c2, int bar) {
+#if FERRULE_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+      "[%0], [%1, {%2, %3, %4}], [%5];" ::"r"(sh.at(dst)),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(sh.at(bar))
+      : "memory");
+#elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
+  (void)sh;
+  emulated_tma_load(sh.base + dst, map, c0, c1, c2, sh.barrier(bar));
+#else
+  (void)sh; (void)dst; (void)map; (void)c0; (void)c1; (void)c2; (void)bar;
+#endif
+}
+
+__device__ __forceinline__ void barrier_wait(const Shared& sh, int bar, uint32_t parity) {
 #if FERRULE_WGMMA  // sm_90a; elsewhere the binding refuses the kernel
   uint32_t done = 0;
   while (!done) {
@@ -372,13 +424,14 @@ __device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
         "selp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
-        : "r"(shared_address(bar)), "r"(parity)
+        : "r"(sh.at(bar)), "r"(parity)
         : "memory");
   }
 #elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
-  emulated_barrier_wait(bar, parity);
+  (void)sh;
+  emulated_barrier_wait(sh.barrier(bar), parity);
 #else
-  (void)bar; (void)parity;
+  (void)sh; (void)bar; (void)parity;
 #endif
 }
 
@@ -395,16 +448,25 @@ __device__ __forceinline__ void set_registers() {
 #endif
 }
 
-// One step's weight, scales and zeros for a consumer thread's 2 kTiles columns.
+// One step's weight and group parameters for a consumer thread's 2 kTiles columns (up to 4).
 struct Held {
   int4 words[2];  // word rows c and 4 + c of the step, columns col .. (x, y only at kTiles 1)
-  uint2 scales;   // their scales (float16 bits)
-  uint32_t zeros;  // the word of 8 zero points that holds theirs (from bit 4 (col % 8))
+  common::ZeroPairs zero[4];  // each column's zero point, as code_pairs subtracts it
+  uint32_t scale[4];  // each column's scale twice (float16 bits), where fragments are scaled
+  uint2 scales;  // the columns' scales (float16 bits), where the sums are scaled
+  int stage;     // the step's stage in the ring
 };
 
 // Fragments of one unit (32 rows of K): [K step s][tile j][register].
 template <int kT>
 using UnitFragments = uint32_t[2][kT][4];
+
+// Up to 32 rows the fragments hold the exact q - z and the scale multiplies each step's float32
+// sums (kept apart from the total until its wgmmas are done); from 64 rows, where that would
+// take more registers and more multiplications than it saves, the scale multiplies the
+// fragments.
+template <int TOKENS>
+constexpr bool kScaleSums = TOKENS <= 32;
 
 template <int TOKENS>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -420,14 +482,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 #else
   extern __shared__ __align__(16) char raw[];
 #endif
-  // full[s]: stage s has landed (the producer's expected bytes); empty[s]: the consumers' 256
-  // threads are done with it.
-  __shared__ __align__(8) uint64_t full[kMaxStages];
-  __shared__ __align__(8) uint64_t empty[kMaxStages];
   __shared__ bool last_block;
   const uint32_t raw_address = shared_address(raw, raw);
   char* const smem = raw + ((kAlign - raw_address % kAlign) % kAlign);
   const uint32_t smem_address = shared_address(smem, raw);
+  const Shared sh{smem, smem_address};
+  // The mbarriers after the stages (byte offsets): full(s), stage s has landed (the producer's
+  // expected bytes); empty(s), the consumers' 256 threads are done with it.
+  auto full = [](int stage) { return S * kStageBytes<TOKENS> + 8 * stage; };
+  auto empty = [](int stage) { return S * kStageBytes<TOKENS> + 8 * (kMaxStages + stage); };
 
   const int tid = threadIdx.x;
   const int role = tid >> 7;  // 0: producer; 1, 2: consumers
@@ -443,8 +506,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
-      barrier_init(&full[s], 1);
-      barrier_init(&empty[s], 128 * kConsumers);
+      barrier_init(sh, full(s), 1);
+      barrier_init(sh, empty(s), 128 * kConsumers);
     }
   }
   __syncthreads();
@@ -452,35 +515,35 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The consumer thread's first column (4 g of its warp's 32, 32 w of its warpgroup's 128).
   const int t = tid & 127;
   const int lane = t & 31;
+  const int warp = t >> 5;
   const int g = lane >> 2;
   const int c = lane & 3;
-  const int local_col = (role - 1) * kGroupCols<TOKENS> + (t >> 5) * 16 * kT + kCols * g;
+  const int local_col = (role - 1) * kGroupCols<TOKENS> + warp * 16 * kT + kCols * g;
   const int col = col0 + local_col;
 
   if (role == 0) {
     // Producer: one thread issues each step's TMA copies into its stage once the consumers
-    // have freed it. (Copied with cp.async by the whole warpgroup instead, the producer's
-    // address arithmetic, ~110-290 instructions a step, held the consumers up.)
+    // have freed it: four copies (x, the words in one 3-D box, scales, zero points). (Eleven,
+    // the words in 32-column boxes, held the consumers up at up to 64 rows: ~150 dependent
+    // instructions a step, ~1,000 cycles, ncu; four threads each issuing every fourth step
+    // gained nothing once the copies were four. Copied with cp.async by the whole warpgroup,
+    // the address arithmetic, ~110-290 instructions a step, did too.)
     set_registers<false, 40>();
     if (t == 0) {
       common::wait_for_inputs();  // x is the gather kernel's output
+      constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
       int stage = 0;
       uint32_t phase = 0;  // of the empty barriers' use: the stage's previous round
       for (int step = step_begin; step < step_end; ++step) {
-        uint64_t* const bar = &full[stage];
-        if (step - step_begin >= S) barrier_wait(&empty[stage], phase ^ 1u);
-        char* const base = smem + stage * kStageBytes<TOKENS>;
-        barrier_expect(bar, kStageTx<TOKENS>);
-        tma_load(base, maps.x, step * kStepRows, row0, bar);
-#pragma unroll
-        for (int b = 0; b < kBlock / kWordBox; ++b) {
-          tma_load(base + kXBytes<TOKENS> + 1024 * b, maps.words, col0 + kWordBox * b, step * 8,
-                   bar);
-        }
+        const int bar = full(stage);
+        if (step - step_begin >= S) barrier_wait(sh, empty(stage), phase ^ 1u);
+        const int base = stage * kStageBytes<TOKENS>;
+        barrier_expect(sh, bar, kStageTx<TOKENS>);
+        tma_load(sh, base, maps.x, step * kStepRows, row0, bar);
+        tma_load(sh, base + kXBytes<TOKENS>, maps.words, 0, step * 8, col0 / kWordBox, bar);
         const int group = static_cast<int>(common::group_of(p, step * kStepRows));
-        constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
-        tma_load(base + kScales, maps.scales, col0, group, bar);
-        tma_load(base + kScales + kScaleBytes<TOKENS>, maps.zeros, col0 / 8, group, bar);
+        tma_load(sh, base + kScales, maps.scales, col0, group, bar);
+        tma_load(sh, base + kScales + kScaleBytes<TOKENS>, maps.zeros, col0 / 8, group, bar);
         if (++stage == S) {
           stage = 0;
           phase ^= 1u;
@@ -499,52 +562,64 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < kSums; ++i) acc[j][i] = 0.0f;
     }
     const int zero_shift = 4 * (col % 8);
-    // The thread's words: box local_col / 32 (1 KB: 8 word rows of 32 columns), at byte
-    // 4 (local_col % 32) of a row, 16-byte chunk `word_chunk` before the swizzle.
-    const int word_box = 1024 * (local_col / kWordBox);
-    const int word_chunk = (local_col % kWordBox) / 4;
-    const int word_half = 4 * (local_col % 4);  // 0, or 8 bytes into the chunk (kT = 1)
-    // Waits for step n's stage, then reads the thread's words, scales and zero points.
-    auto take = [&](Held& h, int n) {
-      const int stage = n % S;
-      barrier_wait(&full[stage], (n / S) & 1);
-      const char* const base = smem + stage * kStageBytes<TOKENS>;
-      const char* const words = base + kXBytes<TOKENS> + word_box + word_half;
-      const char* const params = base + kXBytes<TOKENS> + kWordBytes<TOKENS>;
+    // The thread's bytes in a stage: its words in box local_col / 32 (1 KB: 8 word rows of 32
+    // columns), word row 4 u + c at 16-byte chunk (local_col % 32) / 4 ^ (row % 8) (the 128-byte
+    // swizzle), 8 bytes into it at kTiles 1 for odd local_col / 2; its scales and zero points.
+    int word_at[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int row = 4 * u + c;
+      word_at[u] = kXBytes<TOKENS> + 1024 * (local_col / kWordBox) + 128 * row +
+                   ((((local_col % kWordBox) / 4) ^ (row & 7)) << 4) + 4 * (local_col % 4);
+    }
+    const int scale_at = kXBytes<TOKENS> + kWordBytes<TOKENS> + 2 * local_col;
+    const int zero_at = kXBytes<TOKENS> + kWordBytes<TOKENS> + kScaleBytes<TOKENS> + 4 * (local_col / 8);
+    // Steps are taken in order: the next one's stage and the parity of its round in the ring.
+    int next_stage = 0;
+    uint32_t next_round = 0;
+    // Waits for the next step's stage, then reads the thread's words, scales and zero points.
+    auto take = [&](Held& h) {
+      h.stage = next_stage;
+      barrier_wait(sh, full(next_stage), next_round);
+      if (++next_stage == S) {
+        next_stage = 0;
+        next_round ^= 1u;
+      }
+      const char* const base = smem + h.stage * kStageBytes<TOKENS>;
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        // Word row 4 u + c, its chunk at word_chunk ^ (row % 8): the 128-byte swizzle.
-        const int row = 4 * u + c;
-        const char* at = words + 128 * row + ((word_chunk ^ (row & 7)) << 4);
         if constexpr (kT == 2) {
-          h.words[u] = *reinterpret_cast<const int4*>(at);
+          h.words[u] = *reinterpret_cast<const int4*>(base + word_at[u]);
         } else {
-          const uint2 two = *reinterpret_cast<const uint2*>(at);
+          const uint2 two = *reinterpret_cast<const uint2*>(base + word_at[u]);
           h.words[u] = make_int4(static_cast<int>(two.x), static_cast<int>(two.y), 0, 0);
         }
       }
-      if constexpr (kT == 2) {
-        h.scales = *reinterpret_cast<const uint2*>(params + 2 * local_col);
-      } else {
-        h.scales = make_uint2(*reinterpret_cast<const uint32_t*>(params + 2 * local_col), 0u);
+      const uint32_t zeros = *reinterpret_cast<const uint32_t*>(base + zero_at);
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) h.zero[k] = common::zero_pairs((zeros >> (zero_shift + 4 * k)) & 0xFu);
+      h.scales = kT == 2 ? *reinterpret_cast<const uint2*>(base + scale_at)
+                         : make_uint2(*reinterpret_cast<const uint32_t*>(base + scale_at), 0u);
+      if constexpr (!kScaleSums<TOKENS>) {
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) {
+          const uint32_t pair = k < 2 ? h.scales.x : h.scales.y;
+          h.scale[k] = ((k & 1) ? pair >> 16 : pair & 0xFFFFu) * 0x00010001u;
+        }
       }
-      h.zeros = *reinterpret_cast<const uint32_t*>(params + kScaleBytes<TOKENS> + 4 * (local_col / 8));
     };
-    // (q - z) s of each code of unit u (32 rows of K) of the held step, as the fragments of its
-    // 2 k16 wgmmas a tile.
+    // (q - z) (times s from 64 rows) of each code of unit u (32 rows of K) of the held step, as
+    // the fragments of its 2 k16 wgmmas a tile.
     auto dequantize = [&](const Held& h, int u, UnitFragments<kT>& a) {
       uint32_t wp[kCols][4];  // [column k of the list][code pair]
 #pragma unroll
       for (int k = 0; k < kCols; ++k) {
-        const uint32_t w = column_word(h.words[u], k);
-        const uint32_t z = (h.zeros >> (zero_shift + 4 * k)) & 0xFu;
-        const uint32_t scale_pair = k < 2 ? h.scales.x : h.scales.y;
-        const uint32_t scale_bits = (k & 1) ? scale_pair >> 16 : scale_pair & 0xFFFFu;
-        const __half2 scale = bits_half2(scale_bits * 0x00010001u);
         __half2 v[4];
-        common::code_pairs(w, z, v);
+        common::code_pairs(column_word(h.words[u], k), h.zero[k], v);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) wp[k][i] = half2_bits(__hmul2(v[i], scale));
+        for (int i = 0; i < 4; ++i) {
+          wp[k][i] = kScaleSums<TOKENS> ? half2_bits(v[i]) : half2_bits(__hmul2(v[i], bits_half2(h.scale[k])));
+        }
       }
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
@@ -559,54 +634,114 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     const uint64_t first_desc = descriptor(smem_address);  // stage 0, k16 step 0
     const int units = 2 * (step_end - step_begin);  // of 32 rows: two a step
-    Held held;  // the step of the next unit to dequantize
-    // Issues unit v's wgmmas with fragments `a`, leaving them in flight; once unit v - 2's are
-    // done (and with them, at a step's second unit, the step's stage), dequantizes unit v + 2
-    // into `next` (unit v - 2's fragments). Two units stay queued on the tensor cores while a
-    // third is dequantized.
-    auto run_unit = [&](int v, const UnitFragments<kT>& a, UnitFragments<kT>& next) {
-      const uint32_t stage = static_cast<uint32_t>((v >> 1) % S);
+    // Issues the wgmmas of unit u (0 or 1) of the step in `stage`, fragments `a`, into `sums`
+    // (from zero at the step's first where `restart`).
+    auto issue = [&](int stage, int u, const UnitFragments<kT>& a, float (&sums)[kT][kSums],
+                     bool restart) {
       wgmma_fence();
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
         // The start address field (address / 16) moves with the stage and the k16 step.
-        const uint64_t desc =
-            first_desc + ((stage * kStageBytes<TOKENS> + 32 * (2 * (v & 1) + s)) >> 4);
+        const uint64_t desc = first_desc + ((stage * kStageBytes<TOKENS> + 32 * (2 * u + s)) >> 4);
 #pragma unroll
-        for (int j = 0; j < kT; ++j) mma_step<TOKENS>(acc[j], a[s][j], desc, raw);
+        for (int j = 0; j < kT; ++j) {
+          mma_step<TOKENS>(sums[j], a[s][j], desc, raw, restart && u == 0 && s == 0 ? 0 : 1);
+        }
       }
       wgmma_commit();
-      wgmma_wait<2>();  // unit v - 2's wgmmas
-      if (v >= 2 && ((v - 2) & 1)) {
-        const int done = ((v - 2) >> 1) % S;
-        barrier_arrive(&empty[done]);
-      }
-      const int ahead = v + 2;
-      if (ahead < units) {
-        if ((ahead & 1) == 0) take(held, ahead >> 1);
-        dequantize(held, ahead & 1, next);
-      }
     };
 #pragma unroll
     for (int j = 0; j < kT; ++j) {
 #pragma unroll
       for (int i = 0; i < kSums; ++i) pin(acc[j][i]);
     }
-    UnitFragments<kT> frag[4];
-    if (units > 0) {
-      take(held, 0);
-      dequantize(held, 0, frag[0]);
-      dequantize(held, 1, frag[1]);
-    }
-    for (int v = 0; v < units; v += 4) {  // units come in pairs
-      run_unit(v, frag[0], frag[2]);
-      run_unit(v + 1, frag[1], frag[3]);
-      if (v + 2 < units) {
-        run_unit(v + 2, frag[2], frag[0]);
-        run_unit(v + 3, frag[3], frag[1]);
+    if constexpr (kScaleSums<TOKENS>) {
+      // Up to 32 rows: each step's sums go to `part` (its first wgmmas start from zero) and,
+      // once its wgmmas are done, into acc times the step's scales. (ptxas serializes every
+      // wgmma of a kernel that reads sums while any wgmma is in flight, so each unit is waited
+      // for; its wgmmas run while the next unit is dequantized, and the next step is taken
+      // (its words read from shared memory) a unit before it is dequantized.)
+      float part[kT][kSums];
+#pragma unroll
+      for (int j = 0; j < kT; ++j) {
+#pragma unroll
+        for (int i = 0; i < kSums; ++i) part[j][i] = 0.0f;
       }
+      // acc += the step's sums times its columns' scales; frees its stage.
+      auto fold = [&](const Held& h) {
+        const float scale[4] = {__low2float(bits_half2(h.scales.x)), __high2float(bits_half2(h.scales.x)),
+                                __low2float(bits_half2(h.scales.y)), __high2float(bits_half2(h.scales.y))};
+#pragma unroll
+        for (int j = 0; j < kT; ++j) {
+#pragma unroll
+          for (int i = 0; i < kSums; ++i) {
+            pin(part[j][i]);  // after the wait that finished them
+            acc[j][i] = fmaf(part[j][i], scale[2 * j + (i % 4) / 2], acc[j][i]);
+          }
+        }
+        barrier_arrive(sh, empty(h.stage));
+      };
+      // One step held in `h`, the next (if any) taken into `next` meanwhile; on return the
+      // next step's first unit is dequantized into frag[0].
+      Held held[2];
+      UnitFragments<kT> frag[2];
+      auto run_step = [&](Held& h, Held& next, bool more) {
+        issue(h.stage, 0, frag[0], part, true);
+        if (more) take(next);
+        dequantize(h, 1, frag[1]);
+        wgmma_wait<0>();
+        issue(h.stage, 1, frag[1], part, true);
+        if (more) dequantize(next, 0, frag[0]);
+        wgmma_wait<0>();
+        fold(h);
+      };
+      if (units > 0) {
+        take(held[0]);
+        dequantize(held[0], 0, frag[0]);
+      }
+      for (int v = 0; v < units; v += 4) {  // two steps
+        run_step(held[0], held[1], v + 2 < units);
+        if (v + 2 < units) run_step(held[1], held[0], v + 4 < units);
+      }
+    } else {
+      // From 64 rows: issues unit v's wgmmas with fragments `a`, leaving them in flight; once
+      // unit v - 2's are done (and with them, at a step's second unit, the step's stage),
+      // dequantizes unit v + 2 into `next` (unit v - 2's fragments). Two units stay queued on
+      // the tensor cores while a third is dequantized.
+      Held held;  // the step of the next unit to dequantize
+      int done_stage = 0;  // the stage of the step whose wgmmas finish next
+      auto run_unit = [&](int v, int stage, const UnitFragments<kT>& a, UnitFragments<kT>& next) {
+        issue(stage, v & 1, a, acc, false);
+        wgmma_wait<2>();  // unit v - 2's wgmmas
+        if (v >= 2 && ((v - 2) & 1)) {
+          barrier_arrive(sh, empty(done_stage));
+          if (++done_stage == S) done_stage = 0;
+        }
+        const int ahead = v + 2;
+        if (ahead < units) {
+          if ((ahead & 1) == 0) take(held);
+          dequantize(held, ahead & 1, next);
+        }
+      };
+      UnitFragments<kT> frag[4];
+      int stage = 0;  // of the units issued next
+      if (units > 0) {
+        take(held);
+        dequantize(held, 0, frag[0]);
+        dequantize(held, 1, frag[1]);
+      }
+      for (int v = 0; v < units; v += 4) {  // units come in pairs
+        run_unit(v, stage, frag[0], frag[2]);
+        run_unit(v + 1, stage, frag[1], frag[3]);
+        if (++stage == S) stage = 0;
+        if (v + 2 < units) {
+          run_unit(v + 2, stage, frag[2], frag[0]);
+          run_unit(v + 3, stage, frag[3], frag[1]);
+          if (++stage == S) stage = 0;
+        }
+      }
+      wgmma_wait<0>();
     }
-    wgmma_wait<0>();
 #pragma unroll
     for (int j = 0; j < kT; ++j) {
 #pragma unroll
@@ -657,12 +792,14 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // One 2-D map: `dim0` elements of `element` bytes a row (a multiple of 16 bytes apart), `dim1`
-// rows, boxes of box0 x box1; zeros outside the tensor.
+// rows, boxes of box0 x box1; zeros outside the tensor. With `dim2` > 1, a 3-D map whose planes
+// are `plane_bytes` apart (strides in any order) and boxes box0 x box1 x box2.
 cudaError_t make_map(TensorMap& map, const void* base, bool is_f16, uint64_t dim0, uint64_t dim1,
-                     uint64_t row_bytes, uint32_t box0, uint32_t box1, bool swizzle) {
+                     uint64_t row_bytes, uint32_t box0, uint32_t box1, bool swizzle,
+                     uint64_t dim2 = 1, uint64_t plane_bytes = 0, uint32_t box2 = 1) {
 #ifdef FERRULE_GEMV_EMULATED
   map = TensorMap{static_cast<const char*>(base), dim0, dim1, row_bytes, box0, box1, 2u + 2u * !is_f16,
-                  swizzle};
+                  swizzle, dim2, plane_bytes, box2};
   return cudaSuccess;
 #else
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
@@ -680,12 +817,12 @@ cudaError_t make_map(TensorMap& map, const void* base, bool is_f16, uint64_t dim
                : nullptr;
   }();
   if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {dim0, dim1};
-  const cuuint64_t strides[1] = {row_bytes};
-  const cuuint32_t box[2] = {box0, box1};
-  const cuuint32_t unit[2] = {1, 1};
+  const cuuint64_t dims[3] = {dim0, dim1, dim2};
+  const cuuint64_t strides[2] = {row_bytes, plane_bytes};
+  const cuuint32_t box[3] = {box0, box1, box2};
+  const cuuint32_t unit[3] = {1, 1, 1};
   const CUresult r = encode(&map, is_f16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_INT32,
-                            2, const_cast<void*>(base), dims, strides, box, unit,
+                            dim2 > 1 ? 3 : 2, const_cast<void*>(base), dims, strides, box, unit,
                             CU_TENSOR_MAP_INTERLEAVE_NONE,
                             swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -698,7 +835,10 @@ cudaError_t make_maps(const Problem& p, int tokens, Maps& maps) {
   const uint64_t groups = (static_cast<uint64_t>(p.K) + p.group_size - 1) / p.group_size;
   cudaError_t e = make_map(maps.x, p.x, true, p.K, p.M, 2ull * p.K, kStepRows, tokens, true);
   if (e == cudaSuccess) {
-    e = make_map(maps.words, p.qweight, false, p.N, p.K / 8, 4ull * p.N, kWordBox, 8, true);
+    // The step's words in one box: 32 columns (128 bytes) by 8 word rows by the block's
+    // block_cols / 32 column chunks (128 bytes apart), landing chunk after chunk.
+    e = make_map(maps.words, p.qweight, false, kWordBox, p.K / 8, 4ull * p.N, kWordBox, 8, true,
+                 p.N / kWordBox, 4ull * kWordBox, block_cols / kWordBox);
   }
   if (e == cudaSuccess) {
     e = make_map(maps.scales, p.scales, true, p.N, groups, 2ull * p.N, block_cols, 1, false);

@@ -70,15 +70,29 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
 // (1024 + q0, 1024 + q4), 0x00F000F0 gives (1024 + 16 q1, 1024 + 16 q5), which one HFMA2 by 1/16
 // brings back, and w >> 8 the other two pairs. (1024 + z, 1024 + z) and (-(64 + z), -(64 + z))
 // are made without carries between the halves.
-__device__ __forceinline__ void code_pairs(uint32_t w, uint32_t z, __half2 (&v)[4]) {
+// A word's zero point as the two constants code_pairs subtracts: (1024 + z, 1024 + z) and
+// (-(64 + z), -(64 + z)) (bits), which a kernel may make once for all the words sharing z.
+struct ZeroPairs {
+  uint32_t low;
+  uint32_t high;
+};
+__device__ __forceinline__ ZeroPairs zero_pairs(uint32_t z) {
+  return {z * 0x00010001u + 0x64006400u, z * 0x00100010u + 0xD400D400u};
+}
+
+__device__ __forceinline__ void code_pairs(uint32_t w, ZeroPairs zero, __half2 (&v)[4]) {
   const __half2 sixteenth = bits_half2(0x2C002C00u);
-  const __half2 low_zero = bits_half2(z * 0x00010001u + 0x64006400u);
-  const __half2 high_zero = bits_half2(z * 0x00100010u + 0xD400D400u);
+  const __half2 low_zero = bits_half2(zero.low);
+  const __half2 high_zero = bits_half2(zero.high);
   const uint32_t shifted = w >> 8;
   v[0] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(w)), low_zero);
   v[1] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(w)), sixteenth, high_zero);
   v[2] = __hsub2(bits_half2(and_or<0x000F000Fu, 0x64006400u>(shifted)), low_zero);
   v[3] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(shifted)), sixteenth, high_zero);
+}
+
+__device__ __forceinline__ void code_pairs(uint32_t w, uint32_t z, __half2 (&v)[4]) {
+  code_pairs(w, zero_pairs(z), v);
 }
 
 // Programmatic dependent launch (sm_90+, launched with p.pdl): a block may start while the
@@ -205,15 +219,29 @@ __device__ __forceinline__ void add_up_splits(int32_t* counters, const float* wo
   if (tid == 0) last_block = atomicAdd(counters + tile, 1) == splits - 1;
   __syncthreads();
   if (!last_block) return;
-  for (int i = tid; i < rows * cols; i += kThreads) {
-    const int m = i / cols;
-    const int n = col0 + (i - m * cols);
+  // Four columns a thread, with 16-byte loads (N, col0 and cols are multiples of 4: GPTQ packs
+  // the zero points of 32 / bits >= 4 columns a word). At the end of a launch only the tiles'
+  // last blocks run, each reading every split from L2, so the loads in flight set the time.
+  const size_t plane = static_cast<size_t>(M) * N;
+  const int quads = cols / 4;
+  for (int i = tid; i < rows * quads; i += kThreads) {
+    const int m = i / quads;
+    const int n = col0 + 4 * (i - m * quads);
     if (row0 + m >= M || n >= N) continue;
     const size_t at = static_cast<size_t>(row0 + m) * N + n;
-    float sum = 0.0f;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 8
-    for (int s = 0; s < splits; ++s) sum += __ldcg(workspace + static_cast<size_t>(s) * M * N + at);
-    out[at] = Io<T>::store(sum);
+    for (int s = 0; s < splits; ++s) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(workspace + s * plane + at));
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    out[at] = Io<T>::store(sum.x);
+    out[at + 1] = Io<T>::store(sum.y);
+    out[at + 2] = Io<T>::store(sum.z);
+    out[at + 3] = Io<T>::store(sum.w);
   }
   if (tid == 0) counters[tile] = 0;
 }
