@@ -313,9 +313,11 @@ __device__ __forceinline__ uint32_t shared_address(const void* p, const void* ba
 struct Shared {
   char* base;
   uint32_t address;
+#if FERRULE_WGMMA
   __device__ __forceinline__ uint32_t at(int offset) const {
     return address + static_cast<uint32_t>(offset);
   }
+#endif
 #ifdef FERRULE_GEMV_EMULATED
   uint64_t* barrier(int offset) const { return reinterpret_cast<uint64_t*>(base + offset); }
 #endif
