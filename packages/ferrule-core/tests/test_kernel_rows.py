@@ -156,3 +156,35 @@ def test_sorted_rows_at_other_bit_widths(bits):
     x = torch.randn(3, 96)
     assert relative_error(layer(x), float64_reference(layer, x)) < 1e-6
     assert layer.input_perm is not None
+
+
+def test_preferred_rows_may_depend_on_the_layer_shape():
+    """A kernel ahead on wide layers from fewer rows: ``preferred_rows_for(request)``."""
+    calls = []
+
+    def by_width(request):
+        return (9, None) if request.out_features >= 64 else (256, None)
+
+    registry = _registry(
+        _spec("gemv", calls, priority=30, preferred_rows=(1, 8)),
+        _spec("split", calls, priority=20),
+        _spec("wide", calls, priority=22, preferred_rows=(256, None), preferred_rows_for=by_width),
+    )
+    wide = KernelRequest(platform="cpu", bits=4, group_size=32, dtype="float32", out_features=64)
+    narrow = KernelRequest(platform="cpu", bits=4, group_size=32, dtype="float32", out_features=32)
+
+    def plan(request):
+        return [
+            (lo, hi, s.name) for lo, hi, s in registry.select_kernels_by_rows("linear", request)
+        ]
+
+    assert plan(wide) == [(1, 8, "gemv"), (9, None, "wide")]
+    assert plan(narrow) == [(1, 8, "gemv"), (9, 255, "split"), (256, None, "wide")]
+    assert registry.kernels["wide"].capabilities()["preferred_rows"] == "256+ (by layer shape)"
+
+    def broken(request):
+        return (9, 4)
+
+    bad = _registry(_spec("bad", calls, preferred_rows_for=broken))
+    with pytest.raises(ValueError, match=r"preferred_rows_for gave \(9, 4\)"):
+        bad.select_kernels_by_rows("linear", wide)

@@ -168,12 +168,24 @@ def test_torch_version_parsing():
 
 
 def test_rows_each_kernel_serves_on_an_h100(registry, built):
-    """With every plugin installed: gemv 1-2 rows, mma 3-8, triton-gptq 9-255, wgmma 256 up."""
+    """With every plugin installed: gemv 1-2 rows, mma 3-8, then wgmma from 9 rows on layers of
+    8,192 outputs or more and from 256 on narrower ones, triton-gptq between."""
     pytest.importorskip("ferrule_triton_kernels")
-    plan = registry.select_kernels_by_rows("linear", request(k=4096, n=14336))
-    assert [(low, high, spec.name) for low, high, spec in plan] == [
-        (1, 2, "cuda-gptq-gemv"),
-        (3, 8, "cuda-gptq-mma"),
-        (9, 255, "triton-gptq"),
-        (256, None, "cuda-gptq-wgmma"),
-    ]
+
+    def plan(k, n):
+        chosen = registry.select_kernels_by_rows("linear", request(k=k, n=n))
+        return [(low, high, spec.name) for low, high, spec in chosen]
+
+    for k, n in ((4096, 14336), (28672, 8192), (4096, 28672)):
+        assert plan(k, n) == [
+            (1, 2, "cuda-gptq-gemv"),
+            (3, 8, "cuda-gptq-mma"),
+            (9, None, "cuda-gptq-wgmma"),
+        ]
+    for k, n in ((4096, 4096), (14336, 4096), (4096, 1024)):
+        assert plan(k, n) == [
+            (1, 2, "cuda-gptq-gemv"),
+            (3, 8, "cuda-gptq-mma"),
+            (9, 255, "triton-gptq"),
+            (256, None, "cuda-gptq-wgmma"),
+        ]

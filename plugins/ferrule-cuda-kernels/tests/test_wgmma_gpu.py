@@ -13,7 +13,9 @@ from ferrule_core.quant_linear import QuantLinear
 from ferrule_core.testing import KernelConformance
 from ferrule_core.testing.kernels import (
     TOLERANCE,
+    float64_reference,
     random_gptq_tensors,
+    relative_error,
 )
 
 pytestmark = [
@@ -55,14 +57,19 @@ def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
     assert max(errors) < TOLERANCE["float16"], errors
 
 
-def test_selection_from_256_rows():
-    """triton-gptq (as fast or faster on an H100 below 256 rows) serves 9 to 255 rows where
-    installed, cuda-gptq-wgmma 256 and more."""
+@pytest.mark.parametrize(
+    ("n", "wgmma", "triton"), [(256, (256, None), (9, 255)), (8192, (9, None), None)]
+)
+def test_selection_by_rows_and_width(n, wgmma, triton):
+    """cuda-gptq-wgmma serves layers of 8,192 outputs and more from 9 rows; on narrower ones
+    triton-gptq (as fast or faster there on an H100) serves 9 to 255 rows where installed."""
     registry = load_plugins()
-    tensors = random_gptq_tensors(512, 256, 4, 128)
+    tensors = random_gptq_tensors(512, n, 4, 128)
     layer = QuantLinear.from_tensors(tensors, 4, 128, registry=registry).to("cuda")
     with torch.no_grad():
-        layer(torch.randn(16, 512, dtype=torch.float16, device="cuda"))
+        out = layer(x := torch.randn(16, 512, dtype=torch.float16, device="cuda"))
+    assert relative_error(out, float64_reference(layer, x)) < TOLERANCE["float16"]
     plan = {spec.name: (low, high) for low, high, spec, _ in layer._plan}
-    assert plan.get("cuda-gptq-wgmma") == (256, None), plan
-    assert plan.get("triton-gptq") == (9, 255), plan
+    assert plan.get("cuda-gptq-wgmma") == wgmma, plan
+    if "triton-gptq" in registry.kernels:
+        assert plan.get("triton-gptq") == triton, plan

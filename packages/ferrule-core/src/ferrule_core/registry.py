@@ -120,8 +120,9 @@ class Registry:
         """Which kernel serves each number of input rows: ``[(lo, hi, spec), ...]``.
 
         The intervals cover every ``M >= 1`` in order (``hi=None``: no upper end). For each
-        ``M`` the highest-priority accepting kernel whose ``preferred_rows`` contains ``M``
-        serves, else the highest-priority accepting kernel. With ``choice``, that kernel
+        ``M`` the highest-priority accepting kernel whose preferred rows for this request
+        (``preferred_rows``, or ``preferred_rows_for(request)``) contain ``M`` serves, else the
+        highest-priority accepting kernel. With ``choice``, that kernel
         serves every ``M`` (or a :class:`SelectionError`, as :meth:`select_kernel`).
         """
         best = self.select_kernel(kind, request, choice)
@@ -134,7 +135,7 @@ class Registry:
         ]
         starts = {1}
         for spec in accepted:
-            low, high = spec.preferred_rows
+            low, high = spec.rows_preferred(request)
             starts.add(low)
             if high is not None:
                 starts.add(high + 1)
@@ -142,7 +143,7 @@ class Registry:
         ordered = sorted(starts)
         for index, low in enumerate(ordered):
             high = ordered[index + 1] - 1 if index + 1 < len(ordered) else None
-            spec = next((k for k in accepted if k.prefers(low)), best)
+            spec = next((k for k in accepted if k.prefers(low, request)), best)
             if plan and plan[-1][2] is spec:
                 plan[-1] = (plan[-1][0], high, spec)
             else:

@@ -97,7 +97,10 @@ class KernelSpec:
     (``M = x.numel() // in_features``) where a linear kernel is preferred: a layer builds each
     accepted kernel that is the best for some ``M`` and runs the one for the current ``M``
     (the highest priority among those preferring it, else the highest). A kernel must still
-    be correct at every ``M``. ``sorted_groups=True`` asks the layer to permute its rows once
+    be correct at every ``M``. Where the range depends on the layer's shape (a kernel ahead
+    on wide layers from fewer rows than on narrow ones), ``preferred_rows_for(request)``
+    returns it for that layer (its ``in_features`` and ``out_features``) and
+    ``preferred_rows`` is the range listings show. ``sorted_groups=True`` asks the layer to permute its rows once
     so that ``g_idx`` is non-decreasing before the kernel is built (act-order layers then
     read whole groups in order, see ``QuantLinear.sort_groups``).
 
@@ -129,6 +132,7 @@ class KernelSpec:
     priority: int = 0
     check: Callable[[KernelRequest], str | None] | None = None
     preferred_rows: tuple[int, int | None] = (1, None)
+    preferred_rows_for: Callable[[KernelRequest], tuple[int, int | None]] | None = None
     sorted_groups: bool = False
     head_dims: tuple[int, ...] | None = None
     sliding_window: bool = True
@@ -141,16 +145,17 @@ class KernelSpec:
                 f"KernelSpec {self.name!r}: kind={self.kind!r} is not a kernel kind; "
                 f"use one of {', '.join(KERNEL_KINDS)}"
             )
-        low, high = self.preferred_rows
-        if low < 1 or (high is not None and high < low):
-            raise ValueError(
-                f"KernelSpec {self.name!r}: preferred_rows={self.preferred_rows!r} must be "
-                "(lo, hi) with 1 <= lo <= hi, or (lo, None)"
-            )
+        _check_rows(self.name, "preferred_rows", self.preferred_rows)
 
-    def prefers(self, rows: int) -> bool:
-        """Whether ``rows`` input rows lie in the kernel's ``preferred_rows`` range."""
-        low, high = self.preferred_rows
+    def rows_preferred(self, request: KernelRequest | None = None) -> tuple[int, int | None]:
+        """The input rows where the kernel is preferred for ``request``'s layer."""
+        if self.preferred_rows_for is None or request is None:
+            return self.preferred_rows
+        return _check_rows(self.name, "preferred_rows_for", self.preferred_rows_for(request))
+
+    def prefers(self, rows: int, request: KernelRequest | None = None) -> bool:
+        """Whether ``rows`` input rows lie in the kernel's preferred range (for ``request``)."""
+        low, high = self.rows_preferred(request)
         return low <= rows and (high is None or rows <= high)
 
     def reject_reason(self, request: KernelRequest) -> str | None:
@@ -237,7 +242,8 @@ class KernelSpec:
             if self.min_capability is None
             else ".".join(map(str, self.min_capability)),
             "priority": self.priority,
-            "preferred_rows": _rows(self.preferred_rows),
+            "preferred_rows": _rows(self.preferred_rows)
+            + (" (by layer shape)" if self.preferred_rows_for is not None else ""),
             "sorted_groups": self.sorted_groups,
         }
 
@@ -358,6 +364,16 @@ class PlatformSpec:
             "preferred_kernels": list(self.preferred_kernels),
             "priority": self.priority,
         }
+
+
+def _check_rows(name: str, field: str, rows: tuple[int, int | None]) -> tuple[int, int | None]:
+    low, high = rows
+    if low < 1 or (high is not None and high < low):
+        raise ValueError(
+            f"KernelSpec {name!r}: {field} gave {rows!r}; a row range must be (lo, hi) with "
+            "1 <= lo <= hi, or (lo, None)"
+        )
+    return rows
 
 
 def _rows(rows: tuple[int, int | None]) -> str:

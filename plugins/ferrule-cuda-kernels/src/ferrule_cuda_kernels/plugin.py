@@ -21,13 +21,14 @@ rows, and they cost what an in-order layer does.
 
 from __future__ import annotations
 
-from ferrule_core import KernelSpec, PlatformSpec, hookimpl
+from ferrule_core import KernelRequest, KernelSpec, PlatformSpec, hookimpl
 from ferrule_cuda_kernels.checks import check_gemv, check_torch_int4, check_wgmma
 from ferrule_cuda_kernels.platform import capability, check, memory
 
 GEMV_PRIORITY = 30
 MMA_PRIORITY = 25
-WGMMA_PRIORITY = 22  # over triton-gptq (20) from 256 rows (see preferred_rows)
+WGMMA_PRIORITY = 22  # over triton-gptq (20) where it prefers the rows (see wgmma_rows)
+WIDE_OUTPUTS = 8192  # cuda-gptq-wgmma serves layers this wide from 9 rows, narrower from 256
 TORCH_INT4_PRIORITY = 15
 PLATFORM_PRIORITY = 20
 
@@ -48,6 +49,11 @@ def _wgmma_factory(layer):
     from ferrule_cuda_kernels.wgmma import CudaGptqWgmma
 
     return CudaGptqWgmma(layer)
+
+
+def wgmma_rows(request: KernelRequest) -> tuple[int, int | None]:
+    """The rows where cuda-gptq-wgmma is preferred for this layer: from 9 on wide layers."""
+    return (9, None) if request.out_features >= WIDE_OUTPUTS else (256, None)
 
 
 def _torch_int4_factory(layer):
@@ -142,17 +148,19 @@ def ferrule_register_kernels():
             min_capability=(9, 0),
             priority=WGMMA_PRIORITY,
             check=check_wgmma,
-            # From 256 rows (H100, 2026-11-27): from 512 it beat triton-gptq on every Llama-3
-            # layer measured (0.57-0.97x fp16 cuBLAS against 0.37-0.81x); at 256 on the wide
-            # ones (1.04x / 0.77x against 0.61x / 0.55x; 0.40x / 0.58x against 0.55x / 0.70x
-            # on 4096x4096 / 14336x4096), and the decode steps of the Llama-3-8B W4 offline
-            # benchmark took 4% less time with it from 256 than from 512 (the merged gate/up
-            # projections are wide); below 256, triton-gptq is as fast or faster on most shapes.
+            # By layer width (H100, 2026-11-28, ratio to fp16 cuBLAS against triton-gptq's):
+            # on layers of 8,192 outputs and more it is ahead from 16 rows (4096x14336 at 16 /
+            # 64 rows: 2.16x / 1.34x against 1.61x / 1.04x; 28672x8192: 2.24x / 1.71x against
+            # 1.82x / 1.32x); on narrower ones only from 256 (4096x4096 at 16-128 rows:
+            # 1.41-0.53x against 1.52-0.63x), and the Llama-3-8B W4 offline decode steps took
+            # 4% less time with it from 256 than from 512.
             preferred_rows=(256, None),
+            preferred_rows_for=wgmma_rows,
             sorted_groups=True,
             description=(
                 "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout, "
-                "for 256 rows and more: warp-specialized, a producer thread streams x (gathered "
+                "for 9 rows and more on layers of 8,192 outputs and up, 256 on narrower ones: "
+                "warp-specialized, a producer thread streams x (gathered "
                 "once into the fragments' K order, act-order folded in), the packed words and "
                 "the group parameters by TMA into an mbarrier ring, two consumer warpgroups "
                 "dequantize into wgmma's A fragments in registers; split-K; K and group sizes "
