@@ -5,7 +5,8 @@
 (``csrc/gptq_gemv.cu``, whose header comment gives the layout and the arithmetic) streams the
 weight once with 16-byte loads, applies each row of ``x`` (up to 8 in one pass) to every
 weight it loads, gathers ``x`` through the layer's ``input_perm`` itself
-(``handles_input_perm``), accumulates in float32 (float16 ``x`` with 4-bit codes: sums of
+(``handles_input_perm``; float16 rows of K >= 16,384 are gathered once first, by a small
+kernel the product follows), accumulates in float32 (float16 ``x`` with 4-bit codes: sums of
 16 products in float16 first, at a power-of-two scale chosen from the largest ``|x|``) and
 splits K over blocks when the layer is too narrow to fill the GPU. More than 8 rows run in passes of 8, each reading the weight again:
 correct at any batch; preferred for 1 and 2 rows (``preferred_rows``), where it beats
