@@ -43,6 +43,7 @@ CASES = [
     (512, 128, -1, True, True, 40),  # one group; 64-row tiles
     (128, 64, 128, False, False, 130),  # two 128-row tiles, rows past M
     (384, 256, 128, False, False, 9),  # more steps than stages
+    (320, 128, 64, True, False, 12),  # an odd number of steps (the sums path's last step)
 ]
 
 

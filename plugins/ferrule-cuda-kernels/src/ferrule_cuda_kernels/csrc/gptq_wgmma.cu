@@ -1,6 +1,7 @@
 // cuda-gptq-wgmma: y = x @ W for float16 x and a GPTQ 4-bit weight on Hopper's warpgroup MMA
-// (wgmma, sm_90a). Selected from 256 rows: from 512 it beat triton-gptq on every Llama-3 layer
-// measured on an H100, at 256 on the wide ones (docs/benchmarks.md).
+// (wgmma, sm_90a). Selected from 9 rows on layers of 8,192 outputs and more, from 256 on
+// narrower ones: where it beat triton-gptq on the Llama-3 layers measured on an H100
+// (docs/benchmarks.md).
 //
 // The product runs transposed, out^T = W^T x^T, as in cuda-gptq-mma: the weight is the A
 // operand and comes from registers, where each thread dequantizes packed words, and x is the B
