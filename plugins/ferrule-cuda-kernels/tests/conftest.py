@@ -56,6 +56,14 @@ extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
                              int num_sms, int64_t capacity, int* plan) {
   auto p = problem(x, stride_m, stride_k, perm, qweight, qzeros, scales, out, workspace,
                    counters, M, K, N, group_size, bits, bf16);
+  std::vector<uint16_t> gathered;  // as the binding, for act-order rows of long K
+  if (ferrule_gemv::gemv_gathers_first(p)) {
+    gathered.resize(static_cast<size_t>(M) * K);
+    if (workspace != nullptr && ferrule_gemv::gather_rows(p, gathered.data(), nullptr) != cudaSuccess) {
+      return 1;
+    }
+    p.x = gathered.data(); p.x_stride_m = K; p.x_stride_k = 1; p.perm = nullptr;
+  }
   ferrule_gemv::plan(p, num_sms, capacity);
   plan[0] = p.tile_rows; plan[1] = p.splits; plan[2] = p.units_per_split;
   return workspace == nullptr ? 0 : static_cast<int>(ferrule_gemv::launch(p, nullptr));

@@ -164,11 +164,6 @@ torch::Tensor gather_first(ferrule_gemv::Problem& p, const torch::Tensor& x) {
   return gathered;
 }
 
-#ifndef FERRULE_GEMV_GATHER_FIRST_FROM
-#define FERRULE_GEMV_GATHER_FIRST_FROM 16384
-#endif
-constexpr int64_t kGatherFirstFromK = FERRULE_GEMV_GATHER_FIRST_FROM;
-
 // y [M, N] = x [M, K] @ W with cuda-gptq-gemv.
 torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
                         const torch::Tensor& qweight, const torch::Tensor& qzeros,
@@ -176,13 +171,9 @@ torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tenso
                         int64_t bits, int64_t group_size) {
   auto p = problem_for("cuda-gptq-gemv", x, perm, qweight, qzeros, scales, counters, bits,
                        group_size);
-  // Act-order float16 rows of long K: x[:, perm] once, by a small kernel the product follows
-  // (programmatic dependent launch), rather than by every block, each of which would copy the
-  // whole row to shared memory to gather its share of K from it.
+  // Act-order float16 rows of long K: x[:, perm] once first (see gemv_gathers_first).
   torch::Tensor gathered;
-  if (p.perm != nullptr && !p.bf16 && p.K >= kGatherFirstFromK && p.K % 8 == 0) {
-    gathered = gather_first(p, x);
-  }
+  if (ferrule_gemv::gemv_gathers_first(p)) gathered = gather_first(p, x);
   return run(p, x, counters, ferrule_gemv::plan, ferrule_gemv::launch);
 }
 
