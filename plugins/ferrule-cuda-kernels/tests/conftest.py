@@ -47,6 +47,15 @@ ferrule_gemv::Problem problem(const void* x, int64_t stride_m, int64_t stride_k,
   p.M = M; p.K = K; p.N = N; p.group_size = group_size; p.bits = bits; p.bf16 = bf16 != 0;
   return p;
 }
+
+// As the binding's gather_first: x[:, p.perm] into `gathered` (filled only where `fill`: a
+// plan-only call needs no data), which p then reads without perm. False if the gather fails.
+bool gather_first(ferrule_gemv::Problem& p, std::vector<uint16_t>& gathered, bool fill) {
+  gathered.resize(static_cast<size_t>(p.M) * p.K);
+  if (fill && ferrule_gemv::gather_rows(p, gathered.data(), nullptr) != cudaSuccess) return false;
+  p.x = gathered.data(); p.x_stride_m = p.K; p.x_stride_k = 1; p.perm = nullptr;
+  return true;
+}
 }  // namespace
 
 extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
@@ -56,13 +65,10 @@ extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
                              int num_sms, int64_t capacity, int* plan) {
   auto p = problem(x, stride_m, stride_k, perm, qweight, qzeros, scales, out, workspace,
                    counters, M, K, N, group_size, bits, bf16);
-  std::vector<uint16_t> gathered;  // as the binding, for act-order rows of long K
-  if (ferrule_gemv::gemv_gathers_first(p)) {
-    gathered.resize(static_cast<size_t>(M) * K);
-    if (workspace != nullptr && ferrule_gemv::gather_rows(p, gathered.data(), nullptr) != cudaSuccess) {
-      return 1;
-    }
-    p.x = gathered.data(); p.x_stride_m = K; p.x_stride_k = 1; p.perm = nullptr;
+  // As the binding, for act-order rows of long K (before planning: the plan depends on perm).
+  std::vector<uint16_t> gathered;
+  if (ferrule_gemv::gemv_gathers_first(p) && !gather_first(p, gathered, workspace != nullptr)) {
+    return 1;
   }
   ferrule_gemv::plan(p, num_sms, capacity);
   plan[0] = p.tile_rows; plan[1] = p.splits; plan[2] = p.units_per_split;
@@ -86,11 +92,7 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   if (workspace == nullptr) return 0;
   // As the binding: act-order layers gather x through perm first.
   std::vector<uint16_t> gathered;
-  if (perm != nullptr) {
-    gathered.resize(static_cast<size_t>(M) * K);
-    if (ferrule_gemv::gather_rows(p, gathered.data(), nullptr) != cudaSuccess) return 1;
-    p.x = gathered.data(); p.x_stride_m = K; p.x_stride_k = 1; p.perm = nullptr;
-  }
+  if (perm != nullptr && !gather_first(p, gathered, true)) return 1;
   return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
 
@@ -108,9 +110,8 @@ extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
   ferrule_gemv::plan_wgmma(p, num_sms, capacity);
   plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split;
   if (workspace == nullptr) return 0;
-  std::vector<uint16_t> gathered(static_cast<size_t>(M) * K);  // as the binding
-  if (ferrule_gemv::gather_rows(p, gathered.data(), nullptr) != cudaSuccess) return 1;
-  p.x = gathered.data(); p.x_stride_m = K; p.x_stride_k = 1; p.perm = nullptr;
+  std::vector<uint16_t> gathered;  // as the binding: x through the order, always
+  if (!gather_first(p, gathered, true)) return 1;
   return static_cast<int>(ferrule_gemv::launch_wgmma(p, nullptr));
 }
 """
