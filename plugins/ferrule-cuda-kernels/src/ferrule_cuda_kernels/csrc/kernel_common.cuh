@@ -65,11 +65,6 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a) {
 #endif
 }
 
-// The code pairs (q_p - z, q_{p+4} - z), p = 0..3, of a 4-bit word w with zero point z, exact
-// in float16 (the order in which one LOP3 unpacks a word): the mask 0x000F000F gives
-// (1024 + q0, 1024 + q4), 0x00F000F0 gives (1024 + 16 q1, 1024 + 16 q5), which one HFMA2 by 1/16
-// brings back, and w >> 8 the other two pairs. (1024 + z, 1024 + z) and (-(64 + z), -(64 + z))
-// are made without carries between the halves.
 // A word's zero point as the two constants code_pairs subtracts: (1024 + z, 1024 + z) and
 // (-(64 + z), -(64 + z)) (bits), which a kernel may make once for all the words sharing z.
 struct ZeroPairs {
@@ -80,6 +75,11 @@ __device__ __forceinline__ ZeroPairs zero_pairs(uint32_t z) {
   return {z * 0x00010001u + 0x64006400u, z * 0x00100010u + 0xD400D400u};
 }
 
+// The code pairs (q_p - z, q_{p+4} - z), p = 0..3, of a 4-bit word w with zero point z, exact
+// in float16 (the order in which one LOP3 unpacks a word): the mask 0x000F000F gives
+// (1024 + q0, 1024 + q4), 0x00F000F0 gives (1024 + 16 q1, 1024 + 16 q5), which one HFMA2 by 1/16
+// brings back, and w >> 8 the other two pairs. (1024 + z, 1024 + z) and (-(64 + z), -(64 + z))
+// are made without carries between the halves.
 __device__ __forceinline__ void code_pairs(uint32_t w, ZeroPairs zero, __half2 (&v)[4]) {
   const __half2 sixteenth = bits_half2(0x2C002C00u);
   const __half2 low_zero = bits_half2(zero.low);
@@ -91,6 +91,7 @@ __device__ __forceinline__ void code_pairs(uint32_t w, ZeroPairs zero, __half2 (
   v[3] = __hfma2(bits_half2(and_or<0x00F000F0u, 0x64006400u>(shifted)), sixteenth, high_zero);
 }
 
+// The same with the zero point's constants made here.
 __device__ __forceinline__ void code_pairs(uint32_t w, uint32_t z, __half2 (&v)[4]) {
   code_pairs(w, zero_pairs(z), v);
 }
