@@ -174,9 +174,9 @@ def emulator(tmp_path_factory):
 EMULATED_SMS = 4  # two resident blocks each (the shim's occupancy)
 
 
-def run_emulated(entry, layer, x, index, forced, plan_size, splits_at):
+def run_emulated(entry, layer, x, index, forced, plan_size, splits_at, plan_only=False):
     """``layer(x)`` (float16) by an emulated tensor-core kernel, the way the binding calls it,
-    and the kernel's plan.
+    and the kernel's plan (``(None, plan)`` with ``plan_only``: nothing runs).
 
     ``entry`` is the library's ``emulated_mma`` or ``emulated_wgmma``; ``index`` the int32 [K]
     tensor it gathers ``x`` through (``perm`` or the kernel's order, or ``None``); ``forced``
@@ -202,6 +202,8 @@ def run_emulated(entry, layer, x, index, forced, plan_size, splits_at):
         return status, tuple(plan)
 
     _, plan = call(None)
+    if plan_only:
+        return None, plan
     workspace = torch.zeros(plan[splits_at], rows.shape[0], n)
     status, plan = call(workspace.data_ptr())
     assert status == 0
@@ -224,17 +226,19 @@ def emulated_mma(emulator):
 
 @pytest.fixture
 def emulated_wgmma(emulator):
-    """``run(layer, x, tokens=0, splits=0)``: ``(out, plan)`` of the emulated cuda-gptq-wgmma,
-    plan = ``(tokens, splits, steps_per_split)``; ``x`` is gathered through the layer's order
-    folded with the kernel's K order, as the kernel object does."""
+    """``run(layer, x, tokens=0, splits=0, plan_only=False)``: ``(out, plan)`` of the emulated
+    cuda-gptq-wgmma, plan = ``(tokens, splits, steps_per_split)``; ``x`` is gathered through the
+    layer's order folded with the kernel's K order, as the kernel object does."""
     from ferrule_cuda_kernels.wgmma import kernel_order
 
-    def run(layer, x, tokens=0, splits=0):
+    def run(layer, x, tokens=0, splits=0, plan_only=False):
         order = kernel_order(layer.in_features)
         if layer.input_perm is not None:
             order = layer.input_perm[order]
         order = order.to(torch.int32).contiguous()
-        return run_emulated(emulator.emulated_wgmma, layer, x, order, (tokens, splits), 3, 1)
+        return run_emulated(
+            emulator.emulated_wgmma, layer, x, order, (tokens, splits), 3, 1, plan_only
+        )
 
     return run
 

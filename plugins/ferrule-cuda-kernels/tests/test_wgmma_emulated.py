@@ -93,3 +93,15 @@ def test_plan(emulated_wgmma, sorted_layer):
     assert plan[0] == 256  # 6 tiles of 256 rows
     _, plan = emulated_wgmma(wide, torch.randn(64, 128).half())
     assert plan[0] == 64  # no tile past the next power of two
+
+
+def test_plan_on_long_k_takes_larger_tiles_in_splits(emulated_wgmma, sorted_layer):
+    # One column block: on K of 8,192+, 256-row tiles once their splits of 32+ steps could
+    # cover 3 of the emulation's 4 multiprocessors (4 such splits of 128 steps); then split as
+    # ever, here over all 8 resident blocks. On shorter K the 64-row tiles stay, as split-K's
+    # partials would cost more than the larger tile saves.
+    x = torch.randn(200, 8192).half()
+    _, plan = emulated_wgmma(sorted_layer(8192, 128, 128, False, False), x, plan_only=True)
+    assert plan == (256, 8, 16)
+    _, plan = emulated_wgmma(sorted_layer(4096, 128, 128, False, False), x[:, :4096], plan_only=True)
+    assert plan[0] == 64

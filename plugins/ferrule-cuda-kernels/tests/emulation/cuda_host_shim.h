@@ -2,7 +2,8 @@
 // machines without a GPU.
 //
 // One block at a time; its threads (256 or 384) are std::threads, __shared__ variables are
-// function statics (shared by the block's threads), __syncthreads is a barrier of the block, and
+// function statics (shared by the block's threads), __syncthreads is a barrier of the block
+// (named barrier 1: of its warpgroups but the first), and
 // __shfl_xor_sync and mma.sync exchange through slots per lane with a barrier of the warp
 // (wgmma: of the warpgroup; a wgmma runs when wgmma.wait_group retires its group, as late as
 // the device may run it). cp.async copies at once; an mbarrier is a word of shared memory
@@ -47,6 +48,8 @@ namespace emulation {
 constexpr int kMaxThreads = 384;
 constexpr int kWarps = kMaxThreads / 32;
 inline std::barrier<>* block_barrier = nullptr;
+inline std::barrier<>* named_barrier = nullptr;  // of all warpgroups but the first
+inline int named_barrier_threads = 0;
 inline std::barrier<>* warp_barrier[kWarps];
 inline float warp_slots[kWarps][32];
 struct MmaSlot {
@@ -63,6 +66,12 @@ inline thread_local dim3 blockIdx;
 inline dim3 gridDim;
 
 inline void __syncthreads() { emulation::block_barrier->arrive_and_wait(); }
+// bar.sync 1, count: the device's named barrier, here only ever the threads of every warpgroup
+// but the first (gptq_wgmma.cu's consumers).
+inline void emulated_named_barrier(int count) {
+  if (count != emulation::named_barrier_threads) std::abort();
+  emulation::named_barrier->arrive_and_wait();
+}
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline float __shfl_xor_sync(unsigned, float value, int offset) {
   const int lane = threadIdx.x & 31;
@@ -310,6 +319,9 @@ void emulate_launch(Kernel kernel, dim3 grid, int threads_per_block, const Args&
           emulation::group_barrier[w] = groups.back().get();
         }
         emulation::block_barrier = &block;
+        std::barrier<> named(std::max(threads_per_block - 128, 1));
+        emulation::named_barrier = &named;
+        emulation::named_barrier_threads = threads_per_block - 128;
         std::vector<std::thread> threads;
         for (int t = 0; t < threads_per_block; ++t) {
           threads.emplace_back([&, t] {

@@ -438,6 +438,15 @@ __device__ __forceinline__ void barrier_wait(const Shared& sh, int bar, uint32_t
 #endif
 }
 
+// A barrier of the consumers' 256 threads (named barrier 1; __syncthreads is 0).
+__device__ __forceinline__ void consumers_sync() {
+#if FERRULE_WGMMA
+  asm volatile("bar.sync 1, %0;" ::"n"(128 * kConsumers) : "memory");
+#elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
+  emulated_named_barrier(128 * kConsumers);
+#endif
+}
+
 // Register budgets of the producer and the consumers (sm_90a's setmaxnreg): the consumers hold
 // the sums and two steps' fragments.
 template <bool kIncrease, int kRegisters>
@@ -787,11 +796,17 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
+    // Split-K: the consumers of the tile's last block add the partials up (the producer has
+    // left: at its 40 registers ptxas would spill this code).
+    if (splits > 1) {
+      const int worker = t + 128 * (role - 1);
+      const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+      if (common::is_last_split(p.counters, tile, splits, worker, last_block, [] { consumers_sync(); })) {
+        common::add_up<__half, 128 * kConsumers>(p.counters, p.workspace, out, M, N, row0, TOKENS,
+                                                 col0, kBlock, tile, splits, worker);
+      }
+    }
   }
-  if (splits == 1) return;
-  common::add_up_splits<__half, kThreads>(p.counters, p.workspace, static_cast<__half*>(p.out), M,
-                                          N, row0, TOKENS, col0, kBlock,
-                                          blockIdx.z * gridDim.x + blockIdx.x, splits, last_block);
 }
 
 // One 2-D map: `dim0` elements of `element` bytes a row (a multiple of 16 bytes apart), `dim1`
@@ -891,13 +906,26 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   plan_groups(p);
   if (p.tokens != 16 && p.tokens != 32 && p.tokens != 64 && p.tokens != 128 && p.tokens != 256) {
     p.tokens = p.M <= 16 ? 16 : p.M <= 32 ? 32 : 64;
-    // The largest tile of rows that pads no more than M needs and alone gives most of a wave
-    // (split-K's partial sums cost more than a larger tile saves), or about a third of one
-    // when K is long enough for split-K to pay; measured on an H100 (Llama-3 layers).
+    // The largest tile of rows that pads no more than M needs and gives most of a wave alone
+    // or, where K is long (8,192+), in splits of kLongSplit steps or more (or in 48 tiles or
+    // more); on short K split-K's partial sums cost more than a larger tile saves. Measured on
+    // an H100 (Llama-3 layers): 256 rows of 14336x4096 in 4 splits of 256-row tiles, 0.75x of
+    // fp16 against 0.55x in 64-row tiles.
+    constexpr int64_t kLongSplit = 32;
+    const int64_t fill = (num_sms * 3) / 4;
     for (const int tokens : {128, 256}) {
       if (tokens > 2 * p.M - 1 && tokens > 64) break;  // no tile past the next power of two
+      Problem q = p;
+      q.tokens = tokens;
+      const int64_t resident = static_cast<int64_t>(num_sms) *
+                               dispatch(q, [](auto k) { return decltype(k)::occupancy(); });
       const int64_t tiles = ceil_div(p.N, block_cols_for(tokens)) * ceil_div(p.M, tokens);
-      if (tiles >= (num_sms * 3) / 4 || (tiles >= 48 && p.K >= 8192)) p.tokens = tokens;
+      const int64_t long_splits =
+          std::max<int64_t>(1, std::min(resident / tiles, (p.K / kStepRows) / kLongSplit));
+      const bool long_k = p.K >= 8192;
+      if (tiles >= fill || (long_k && (tiles >= 48 || tiles * long_splits >= fill))) {
+        p.tokens = tokens;
+      }
     }
   }
   p.loads = 2;

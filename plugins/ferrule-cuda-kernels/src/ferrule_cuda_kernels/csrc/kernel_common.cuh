@@ -208,43 +208,87 @@ struct XReader {
 // Split-K across blocks: each block of a tile has written its float32 partial sums to
 // `workspace` ([splits][M][N]); the last block to arrive (an atomic ticket per tile) adds them
 // up, writes rows row0 .. row0 + rows - 1 and columns col0 .. col0 + cols - 1 of `out`, and
-// resets the ticket for the next launch. Every thread of the block calls it; `last_block` is
-// a __shared__ flag.
-template <typename T, int kThreads>
-__device__ __forceinline__ void add_up_splits(int32_t* counters, const float* workspace, T* out, int M, int N,
-                              int row0, int rows, int col0, int cols, int tile, int splits,
-                              bool& last_block) {
-  const int tid = threadIdx.x;
+// resets the ticket for the next launch.
+//
+// is_last_split: whether this block is the tile's last, for the `workers` that wrote its
+// partials (worker 0 takes the ticket; `sync` is a barrier of exactly those threads;
+// `last_block` a __shared__ flag). add_up: the sums, by those workers.
+template <typename Sync>
+__device__ __forceinline__ bool is_last_split(int32_t* counters, int tile, int splits, int worker,
+                                              bool& last_block, Sync&& sync) {
   __threadfence();
-  __syncthreads();
-  if (tid == 0) last_block = atomicAdd(counters + tile, 1) == splits - 1;
-  __syncthreads();
-  if (!last_block) return;
+  sync();
+  if (worker == 0) last_block = atomicAdd(counters + tile, 1) == splits - 1;
+  sync();
+  return last_block;
+}
+
+template <typename T, int kWorkers>
+__device__ __forceinline__ void add_up(int32_t* counters, const float* workspace, T* out, int M,
+                                       int N, int row0, int rows, int col0, int cols, int tile,
+                                       int splits, int worker) {
   // Four columns a thread, with 16-byte loads (N, col0 and cols are multiples of 4: GPTQ packs
-  // the zero points of 32 / bits >= 4 columns a word). At the end of a launch only the tiles'
-  // last blocks run, each reading every split from L2, so the loads in flight set the time.
+  // the zero points of 32 / bits >= 4 columns a word), kBatch quads at a time, every split's
+  // loads of a batch issued before its additions. At the end of a launch only the tiles' last
+  // blocks run, each reading every split from L2, so the loads in flight set the time (one
+  // quad at a time, 256 rows of a 4,096-wide layer in 4 splits spent ~40% of the kernel here:
+  // ncu).
+  constexpr int kBatch = 4;
   const size_t plane = static_cast<size_t>(M) * N;
   const int quads = cols / 4;
-  for (int i = tid; i < rows * quads; i += kThreads) {
-    const int m = i / quads;
-    const int n = col0 + 4 * (i - m * quads);
-    if (row0 + m >= M || n >= N) continue;
-    const size_t at = static_cast<size_t>(row0 + m) * N + n;
-    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(workspace + s * plane + at));
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
+  const int total = rows * quads;
+  for (int first = worker; first < total; first += kWorkers * kBatch) {
+    size_t at[kBatch];
+    bool in[kBatch];
+    float4 sum[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = first + b * kWorkers;
+      const int m = i / quads;
+      const int n = col0 + 4 * (i - m * quads);
+      in[b] = i < total && row0 + m < M && n < N;
+      at[b] = in[b] ? static_cast<size_t>(row0 + m) * N + n : 0;
+      sum[b] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    out[at] = Io<T>::store(sum.x);
-    out[at + 1] = Io<T>::store(sum.y);
-    out[at + 2] = Io<T>::store(sum.z);
-    out[at + 3] = Io<T>::store(sum.w);
+#pragma unroll 4
+    for (int s = 0; s < splits; ++s) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        v[b] = in[b] ? __ldcg(reinterpret_cast<const float4*>(workspace + s * plane + at[b]))
+                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        sum[b].x += v[b].x;
+        sum[b].y += v[b].y;
+        sum[b].z += v[b].z;
+        sum[b].w += v[b].w;
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      if (!in[b]) continue;
+      T h[4] = {Io<T>::store(sum[b].x), Io<T>::store(sum[b].y), Io<T>::store(sum[b].z),
+                Io<T>::store(sum[b].w)};
+      uint2 packed;
+      static_assert(sizeof h == sizeof packed, "four 16-bit values");
+      memcpy(&packed, h, sizeof packed);
+      *reinterpret_cast<uint2*>(out + at[b]) = packed;  // 8-byte aligned: N, n multiples of 4
+    }
   }
-  if (tid == 0) counters[tile] = 0;
+  if (worker == 0) counters[tile] = 0;
+}
+
+// Both, for kernels whose every thread wrote partials (`tid`: threadIdx.x).
+template <typename T, int kThreads>
+__device__ __forceinline__ void add_up_splits(int32_t* counters, const float* workspace, T* out, int M,
+                                              int N, int row0, int rows, int col0, int cols,
+                                              int tile, int splits, bool& last_block) {
+  const int tid = threadIdx.x;
+  if (is_last_split(counters, tile, splits, tid, last_block, [] { __syncthreads(); })) {
+    add_up<T, kThreads>(counters, workspace, out, M, N, row0, rows, col0, cols, tile, splits, tid);
+  }
 }
 
 // Host side. Dynamic shared memory past 48 KB must be allowed once per kernel; returns the
