@@ -103,5 +103,7 @@ def test_plan_on_long_k_takes_larger_tiles_in_splits(emulated_wgmma, sorted_laye
     x = torch.randn(200, 8192).half()
     _, plan = emulated_wgmma(sorted_layer(8192, 128, 128, False, False), x, plan_only=True)
     assert plan == (256, 8, 16)
-    _, plan = emulated_wgmma(sorted_layer(4096, 128, 128, False, False), x[:, :4096], plan_only=True)
+    _, plan = emulated_wgmma(
+        sorted_layer(4096, 128, 128, False, False), x[:, :4096], plan_only=True
+    )
     assert plan[0] == 64
