@@ -33,9 +33,9 @@
 // consumers (setmaxnreg gives them the registers the producer does not need), each take half
 // the columns: per unit of 32 rows they read their words from the stage, dequantize them into
 // fragments and issue the unit's wgmmas, keeping two units queued on the tensor cores while
-// the next is dequantized (up to 32 rows, one unit while the next is dequantized). Splitting K
-// across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a float32
-// workspace, the last block of a tile adds), the adding done by the consumers alone.
+// the next is dequantized (up to 32 rows, a step's two units, then one wait a step). Splitting
+// K across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a
+// float32 workspace, the last block of a tile adds), the adding done by the consumers alone.
 //
 // How it got here (H100, ratio to fp16 cuBLAS at 1024 rows on 28672x8192): every warpgroup
 // loading its own weight and cp.async-copying x behind block barriers, 0.62x (latency-bound,
@@ -670,9 +670,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (kScaleSums<TOKENS>) {
       // Up to 32 rows: each step's sums go to `part` (its first wgmmas start from zero) and,
       // once its wgmmas are done, into acc times the step's scales. (ptxas serializes every
-      // wgmma of a kernel that reads sums while any wgmma is in flight, so each unit is waited
-      // for; its wgmmas run while the next unit is dequantized, and the next step is taken
-      // (its words read from shared memory) a unit before it is dequantized.)
+      // wgmma of a kernel that reads sums while any wgmma is in flight, so each step is waited
+      // for before its sums are read; its units' wgmmas run while the second unit and the
+      // next step's first are dequantized, and the next step is taken (its words read from
+      // shared memory) a unit before it is dequantized.)
       float part[kT][kSums];
 #pragma unroll
       for (int j = 0; j < kT; ++j) {
@@ -696,14 +697,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       // One step held in `h`, the next (if any) taken into `next` meanwhile; on return the
       // next step's first unit is dequantized into frag[0].
       Held held[2];
-      UnitFragments<kT> frag[2];
-      auto run_step = [&](Held& h, Held& next, bool more) {
-        issue(h.stage, 0, frag[0], part, true);
+      UnitFragments<kT> frag[3];
+      // Both units' wgmmas queue on the same sums while the second unit and then the next
+      // step's first are dequantized (into fragments no queued wgmma reads); one wait a step.
+      auto run_step = [&](Held& h, Held& next, bool more, const UnitFragments<kT>& first,
+                          UnitFragments<kT>& second, UnitFragments<kT>& following) {
+        issue(h.stage, 0, first, part, true);
         if (more) take(next);
-        dequantize(h, 1, frag[1]);
-        wgmma_wait<0>();
-        issue(h.stage, 1, frag[1], part, true);
-        if (more) dequantize(next, 0, frag[0]);
+        dequantize(h, 1, second);
+        issue(h.stage, 1, second, part, true);
+        if (more) dequantize(next, 0, following);
         wgmma_wait<0>();
         fold(h);
       };
@@ -712,8 +715,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         dequantize(held[0], 0, frag[0]);
       }
       for (int v = 0; v < units; v += 4) {  // two steps
-        run_step(held[0], held[1], v + 2 < units);
-        if (v + 2 < units) run_step(held[1], held[0], v + 4 < units);
+        run_step(held[0], held[1], v + 2 < units, frag[0], frag[1], frag[2]);
+        if (v + 2 < units) run_step(held[1], held[0], v + 4 < units, frag[2], frag[1], frag[0]);
       }
     } else {
       // From 64 rows: issues unit v's wgmmas with fragments `a`, leaving them in flight; once
