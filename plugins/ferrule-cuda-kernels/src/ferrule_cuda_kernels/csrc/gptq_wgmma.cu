@@ -804,9 +804,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (splits > 1) {
       const int worker = t + 128 * (role - 1);
       const int tile = blockIdx.z * gridDim.x + blockIdx.x;
-      if (common::is_last_split(p.counters, tile, splits, worker, last_block, [] { consumers_sync(); })) {
-        common::add_up<__half, 128 * kConsumers>(p.counters, p.workspace, out, M, N, row0, TOKENS,
-                                                 col0, kBlock, tile, splits, worker);
+      if (common::is_last_split(p.counters, tile, splits, worker, last_block, consumers_sync)) {
+        common::add_up<__half, 128 * kConsumers>(p.workspace, out, M, N, row0, TOKENS, col0,
+                                                 kBlock, splits, worker);
       }
     }
   }

@@ -211,22 +211,25 @@ struct XReader {
 // resets the ticket for the next launch.
 //
 // is_last_split: whether this block is the tile's last, for the `workers` that wrote its
-// partials (worker 0 takes the ticket; `sync` is a barrier of exactly those threads;
-// `last_block` a __shared__ flag). add_up: the sums, by those workers.
+// partials (worker 0 takes the ticket, and the last block's resets it: every split has
+// arrived; `sync` is a barrier of exactly those threads; `last_block` a __shared__ flag).
+// add_up: the sums, by those workers.
 template <typename Sync>
 __device__ __forceinline__ bool is_last_split(int32_t* counters, int tile, int splits, int worker,
                                               bool& last_block, Sync&& sync) {
   __threadfence();
   sync();
-  if (worker == 0) last_block = atomicAdd(counters + tile, 1) == splits - 1;
+  if (worker == 0) {
+    last_block = atomicAdd(counters + tile, 1) == splits - 1;
+    if (last_block) counters[tile] = 0;
+  }
   sync();
   return last_block;
 }
 
 template <typename T, int kWorkers>
-__device__ __forceinline__ void add_up(int32_t* counters, const float* workspace, T* out, int M,
-                                       int N, int row0, int rows, int col0, int cols, int tile,
-                                       int splits, int worker) {
+__device__ __forceinline__ void add_up(const float* workspace, T* out, int M, int N, int row0,
+                                       int rows, int col0, int cols, int splits, int worker) {
   // Four columns a thread, with 16-byte loads (N, col0 and cols are multiples of 4: GPTQ packs
   // the zero points of 32 / bits >= 4 columns a word), kBatch quads at a time, every split's
   // loads of a batch issued before its additions. At the end of a launch only the tiles' last
@@ -277,7 +280,6 @@ __device__ __forceinline__ void add_up(int32_t* counters, const float* workspace
       *reinterpret_cast<uint2*>(out + at[b]) = packed;  // 8-byte aligned: N, n multiples of 4
     }
   }
-  if (worker == 0) counters[tile] = 0;
 }
 
 // Both, for kernels whose every thread wrote partials (`tid`: threadIdx.x).
@@ -287,7 +289,7 @@ __device__ __forceinline__ void add_up_splits(int32_t* counters, const float* wo
                                               int tile, int splits, bool& last_block) {
   const int tid = threadIdx.x;
   if (is_last_split(counters, tile, splits, tid, last_block, [] { __syncthreads(); })) {
-    add_up<T, kThreads>(counters, workspace, out, M, N, row0, rows, col0, cols, tile, splits, tid);
+    add_up<T, kThreads>(workspace, out, M, N, row0, rows, col0, cols, splits, tid);
   }
 }
 
