@@ -10,8 +10,9 @@ import torch when selection calls them.
 - ``cuda-gptq-mma``: 4-bit layers, float16, sm_80+, a CUDA C++ tensor-core kernel on the same
   layout and extension, preferred for 3 to 8 input rows.
 - ``cuda-gptq-wgmma``: 4-bit layers, float16, sm_90 (Hopper), a warp-specialized CUDA C++
-  kernel on ``wgmma`` and TMA in the same extension, preferred from 256 input rows (prefill
-  and large decode batches), where it is faster than ``triton-gptq`` on an H100.
+  kernel on ``wgmma`` and TMA in the same extension, preferred from 9 input rows on layers of
+  8,192 outputs and more and from 256 on narrower ones (``wgmma_rows``), where it is faster
+  than ``triton-gptq`` on an H100.
 - ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
   activations, sm_80+; a candidate the benchmarks compare.
 

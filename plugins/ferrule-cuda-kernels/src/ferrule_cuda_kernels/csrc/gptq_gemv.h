@@ -77,8 +77,9 @@ cudaError_t gather_rows(const Problem& p, void* out, cudaStream_t stream);
 
 // cuda-gptq-wgmma (gptq_wgmma.cu): float16 x already gathered into the kernel's K order
 // ([M, K] contiguous, see the file's comment), 4-bit codes, K a multiple of 64, N of 32 and
-// groups of a multiple of 64 rows, 16-byte aligned tensors (TMA), Hopper's wgmma (sm_90a). Chooses group_shift, tokens (unless set: 16,
-// 32, 64, 128 or 256), splits (unless set) and units_per_split (steps of 64 rows of K a split).
+// groups of a multiple of 64 rows, 16-byte aligned tensors (TMA), Hopper's wgmma (sm_90a).
+// Chooses group_shift, tokens (unless set: 16, 32, 64, 128 or 256), splits (unless set) and
+// units_per_split (steps of 64 rows of K a split).
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity);
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream);
 
