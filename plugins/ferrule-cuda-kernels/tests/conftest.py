@@ -48,11 +48,14 @@ ferrule_gemv::Problem problem(const void* x, int64_t stride_m, int64_t stride_k,
   return p;
 }
 
-// As the binding's gather_first: x[:, p.perm] into `gathered` (filled only where `fill`: a
-// plan-only call needs no data), which p then reads without perm. False if the gather fails.
-bool gather_first(ferrule_gemv::Problem& p, std::vector<uint16_t>& gathered, bool fill) {
+// As the binding's gather_first: x[:, p.perm] (wgmma: x in the kernel's K order) into
+// `gathered` (filled only where `fill`: a plan-only call needs no data), which p then reads
+// without perm. False if the gather fails.
+bool gather_first(ferrule_gemv::Problem& p, std::vector<uint16_t>& gathered, bool fill,
+                  int num_sms, bool wgmma = false) {
   gathered.resize(static_cast<size_t>(p.M) * p.K);
-  if (fill && ferrule_gemv::gather_rows(p, gathered.data(), nullptr) != cudaSuccess) return false;
+  const auto gather = wgmma ? ferrule_gemv::order_rows : ferrule_gemv::gather_rows;
+  if (fill && gather(p, gathered.data(), num_sms, nullptr) != cudaSuccess) return false;
   p.x = gathered.data(); p.x_stride_m = p.K; p.x_stride_k = 1; p.perm = nullptr;
   return true;
 }
@@ -67,7 +70,8 @@ extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
                    counters, M, K, N, group_size, bits, bf16);
   // As the binding, for act-order rows of long K (before planning: the plan depends on perm).
   std::vector<uint16_t> gathered;
-  if (ferrule_gemv::gemv_gathers_first(p) && !gather_first(p, gathered, workspace != nullptr)) {
+  if (ferrule_gemv::gemv_gathers_first(p) &&
+      !gather_first(p, gathered, workspace != nullptr, num_sms)) {
     return 1;
   }
   ferrule_gemv::plan(p, num_sms, capacity);
@@ -92,11 +96,12 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   if (workspace == nullptr) return 0;
   // As the binding: act-order layers gather x through perm first.
   std::vector<uint16_t> gathered;
-  if (perm != nullptr && !gather_first(p, gathered, true)) return 1;
+  if (perm != nullptr && !gather_first(p, gathered, true, num_sms)) return 1;
   return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
 
-// order: the layer's order folded with the kernel's K order (wgmma.kernel_order). plan: in,
+// order: an act-order layer's perm folded with the kernel's K order (wgmma.kernel_order), or
+// null for an in-order layer. plan: in,
 // tokens and splits to force (0: choose); out, tokens, splits, steps_per_split.
 extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
                               const int32_t* order, const int32_t* qweight, const int32_t* qzeros,
@@ -110,8 +115,8 @@ extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
   ferrule_gemv::plan_wgmma(p, num_sms, capacity);
   plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split;
   if (workspace == nullptr) return 0;
-  std::vector<uint16_t> gathered;  // as the binding: x through the order, always
-  if (!gather_first(p, gathered, true)) return 1;
+  std::vector<uint16_t> gathered;  // as the binding: x into the kernel's K order, always
+  if (!gather_first(p, gathered, true, num_sms, true)) return 1;
   return static_cast<int>(ferrule_gemv::launch_wgmma(p, nullptr));
 }
 """
@@ -227,15 +232,15 @@ def emulated_mma(emulator):
 @pytest.fixture
 def emulated_wgmma(emulator):
     """``run(layer, x, tokens=0, splits=0, plan_only=False)``: ``(out, plan)`` of the emulated
-    cuda-gptq-wgmma, plan = ``(tokens, splits, steps_per_split)``; ``x`` is gathered through the
-    layer's order folded with the kernel's K order, as the kernel object does."""
+    cuda-gptq-wgmma, plan = ``(tokens, splits, steps_per_split)``; ``x`` goes into the kernel's K
+    order through act-order's perm folded with it, or by its fixed shuffle in order, as the
+    kernel object does."""
     from ferrule_cuda_kernels.wgmma import kernel_order
 
     def run(layer, x, tokens=0, splits=0, plan_only=False):
-        order = kernel_order(layer.in_features)
+        order = None  # in order: the kernel's fixed shuffle
         if layer.input_perm is not None:
-            order = layer.input_perm[order]
-        order = order.to(torch.int32).contiguous()
+            order = layer.input_perm[kernel_order(layer.in_features)].to(torch.int32).contiguous()
         return run_emulated(
             emulator.emulated_wgmma, layer, x, order, (tokens, splits), 3, 1, plan_only
         )

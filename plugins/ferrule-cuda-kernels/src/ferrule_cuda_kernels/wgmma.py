@@ -6,8 +6,9 @@ reading ``qweight``, ``qzeros`` and ``scales`` as the layer holds them, like
 (``csrc/gptq_wgmma.cu``, whose header comment gives the design) is warp-specialized: a producer
 thread streams ``x``, the packed words and the group parameters by TMA into a ring of
 shared-memory stages, and two consumer warpgroups dequantize the words straight into wgmma's A
-fragments. ``x`` is first gathered into the K order the fragments take (:func:`kernel_order`),
-folded with act-order's ``input_perm``, so act-order layers cost what in-order ones do.
+fragments. ``x`` first goes into the K order the fragments take (:func:`kernel_order`): in
+order by a shuffle within each 32 rows, under act-order through ``input_perm`` folded with that
+order, so act-order layers cost what in-order ones do.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ class CudaGptqWgmma(CudaGptqGemv):
 
     def __init__(self, layer: torch.nn.Module):
         super().__init__(layer)
-        order = kernel_order(self.in_features).to(layer.qweight.device)
+        # Act-order: x is gathered through perm folded with the kernel's K order; in order, the
+        # extension shuffles each 32 rows into that order itself (order None).
+        self.order = None
         if self.perm is not None:
-            order = self.perm[order]
-        self.order = order.to(torch.int32).contiguous()
+            order = kernel_order(self.in_features).to(layer.qweight.device)
+            self.order = self.perm[order].to(torch.int32).contiguous()
         # 0: the kernel's plan chooses; benchmarks may force them.
         self.tokens = 0
         self.splits = 0

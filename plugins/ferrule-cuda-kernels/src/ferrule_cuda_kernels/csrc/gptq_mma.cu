@@ -401,28 +401,35 @@ __global__ void __launch_bounds__(kThreads) gather_rows_kernel(const Problem p, 
 // gather_rows a whole row a block, for many rows: the row is copied to shared memory with
 // 16-byte loads, then gathered from there. (Through perm straight from global memory, 8
 // scattered 2-byte loads an octet, act-order made cuda-gptq-wgmma 27% slower at 1024 rows of
-// 28,672 on an H100.)
+// 28,672 on an H100.) Each row is cut into `slices` blocks, which each copy the whole row and
+// write their slice of it, so that a few rows still fill the GPU: one block a row at 16 rows
+// of 28,672 took ~17 us, a third of the product after it (H100).
 constexpr int kWholeRowMaxK = 32768;  // a float16 row in 64 KB of shared memory
-constexpr int kWholeRowFrom = 16;     // rows; fewer leave most multiprocessors idle
-__global__ void __launch_bounds__(kThreads) gather_whole_rows_kernel(const Problem p, __half* out) {
+constexpr int kWholeRowFrom = 16;     // rows; fewer gather octet by octet (gather_rows_kernel)
+__global__ void __launch_bounds__(kThreads) gather_whole_rows_kernel(const Problem p, __half* out,
+                                                                     int slices) {
 #ifdef FERRULE_GEMV_EMULATED
   __shared__ __align__(16) __half row[kWholeRowMaxK];
 #else
   extern __shared__ __align__(16) __half row[];
 #endif
   release_dependents();  // the product may start loading its weights; it waits for this grid
-  const int m = blockIdx.x;
+  const int m = blockIdx.x / slices;
+  const int slice = blockIdx.x - m * slices;
   const int K = p.K;
+  const int octets = K / 8;
+  const int begin = static_cast<int>(static_cast<int64_t>(octets) * slice / slices);
+  const int end = static_cast<int>(static_cast<int64_t>(octets) * (slice + 1) / slices);
   // x in stored order: 16-byte loads where it is contiguous
   const common::XReader<__half> reader(static_cast<const __half*>(p.x), p.x_stride_m,
                                        p.x_stride_k, nullptr, K);
   wait_for_inputs();  // x may be the previous kernel's
-  for (int o = threadIdx.x; o < K / 8; o += kThreads) {
+  for (int o = threadIdx.x; o < octets; o += kThreads) {
     reinterpret_cast<uint4*>(row)[o] = reader.octet(m, 8 * o);
   }
   __syncthreads();
   const int4* __restrict__ perm = reinterpret_cast<const int4*>(p.perm);
-  for (int o = threadIdx.x; o < K / 8; o += kThreads) {
+  for (int o = begin + threadIdx.x; o < end; o += kThreads) {
     const uint4 v = common::gather8(row, 1, __ldg(perm + 2 * o), __ldg(perm + 2 * o + 1));
     *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * K + 8 * o) = v;
   }
@@ -486,15 +493,19 @@ void plan_mma(Problem& p, int num_sms, int64_t counter_capacity) {
   p.splits = static_cast<int>(ceil_div(units, per_split));
 }
 
-cudaError_t gather_rows(const Problem& p, void* out, cudaStream_t stream) {
+cudaError_t gather_rows(const Problem& p, void* out, int num_sms, cudaStream_t stream) {
   if (p.M >= kWholeRowFrom && p.K <= kWholeRowMaxK && p.K % 8 == 0 &&
       reinterpret_cast<uintptr_t>(p.perm) % 16 == 0) {
     const int shared = p.K * 2;
     static const cudaError_t allowed =
         common::allow_shared(gather_whole_rows_kernel, kWholeRowMaxK * 2);
     if (allowed != cudaSuccess) return allowed;
-    return common::launch_kernel(gather_whole_rows_kernel, dim3(p.M), kThreads, shared, stream,
-                                 p.pdl, p, static_cast<__half*>(out));
+    // Two blocks a multiprocessor, in slices of a pass of the block's threads or more.
+    const int64_t most = std::max<int64_t>(1, p.K / 8 / kThreads);
+    const int64_t slices = std::min(most, std::max<int64_t>(1, ceil_div(2 * num_sms, p.M)));
+    const dim3 grid(static_cast<unsigned>(p.M * slices));
+    return common::launch_kernel(gather_whole_rows_kernel, grid, kThreads, shared, stream, p.pdl,
+                                 p, static_cast<__half*>(out), static_cast<int>(slices));
   }
   const int64_t octets = static_cast<int64_t>(p.M) * (p.K / 8);
   const dim3 grid(static_cast<unsigned>((octets + kThreads - 1) / kThreads));

@@ -903,6 +903,36 @@ auto dispatch(const Problem& p, F&& f) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// out = x in the kernel's K order for an in-order layer: a thread a 32-row unit of a row. Of the
+// unit's octets v[t] (rows 8 t .. 8 t + 7), output octet q holds rows 8 t + q and 8 t + q + 4 for
+// t = 0..3: word t of it is word q of pair_order(v[t]), a 4 x 4 transpose of 32-bit words. (A
+// gather through the order tensor instead read 32 bytes of it for every 16 of x, and one block
+// a row at 16 rows of 28,672 left most multiprocessors idle: ~17 us, H100.)
+constexpr int kOrderThreads = 256;
+__global__ void __launch_bounds__(kOrderThreads) order_units_kernel(const Problem p, __half* out) {
+  common::release_dependents();  // the product may start loading its weights
+  const int units = p.K / 32;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kOrderThreads + threadIdx.x;
+  if (i >= static_cast<int64_t>(p.M) * units) return;
+  const int m = static_cast<int>(i / units);
+  const int k = 32 * static_cast<int>(i - static_cast<int64_t>(m) * units);
+  const common::XReader<__half> reader(static_cast<const __half*>(p.x), p.x_stride_m,
+                                       p.x_stride_k, nullptr, p.K);
+  common::wait_for_inputs();  // x may be the previous kernel's
+  uint32_t w[4][4];  // [t][pair]
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const uint4 v = common::pair_order(reader.octet(m, k + 8 * t));
+    w[t][0] = v.x;
+    w[t][1] = v.y;
+    w[t][2] = v.z;
+    w[t][3] = v.w;
+  }
+  uint4* const to = reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * p.K + k);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) to[q] = make_uint4(w[0][q], w[1][q], w[2][q], w[3][q]);
+}
+
 }  // namespace
 
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
@@ -949,6 +979,14 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
 
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream) {
   return dispatch(p, [&](auto k) { return decltype(k)::launch(p, stream); });
+}
+
+cudaError_t order_rows(const Problem& p, void* out, int num_sms, cudaStream_t stream) {
+  if (p.perm != nullptr) return gather_rows(p, out, num_sms, stream);
+  const int64_t units = static_cast<int64_t>(p.M) * (p.K / 32);
+  const dim3 grid(static_cast<unsigned>(ceil_div(units, kOrderThreads)));
+  return common::launch_kernel(order_units_kernel, grid, kOrderThreads, 0, stream, p.pdl, p,
+                               static_cast<__half*>(out));
 }
 
 }  // namespace ferrule_gemv
