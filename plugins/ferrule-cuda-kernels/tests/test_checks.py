@@ -168,8 +168,9 @@ def test_torch_version_parsing():
 
 
 def test_rows_each_kernel_serves_on_an_h100(registry, built):
-    """With every plugin installed: gemv 1-2 rows, mma 3-8, then wgmma from 9 rows on layers of
-    8,192 outputs or more and from 256 on narrower ones, triton-gptq between."""
+    """With every plugin installed: gemv 1-2 rows, then wgmma from 3 rows on layers of 8,192
+    outputs or more; elsewhere mma 3-8, then wgmma from 9 rows on layers of 8,192 inputs or
+    more and from 256 on the rest, triton-gptq between."""
     pytest.importorskip("ferrule_triton_kernels")
 
     def plan(k, n):
@@ -177,12 +178,14 @@ def test_rows_each_kernel_serves_on_an_h100(registry, built):
         return [(low, high, spec.name) for low, high, spec in chosen]
 
     for k, n in ((4096, 14336), (28672, 8192), (4096, 28672)):
+        assert plan(k, n) == [(1, 2, "cuda-gptq-gemv"), (3, None, "cuda-gptq-wgmma")]
+    for k, n in ((14336, 4096), (8192, 1024)):
         assert plan(k, n) == [
             (1, 2, "cuda-gptq-gemv"),
             (3, 8, "cuda-gptq-mma"),
             (9, None, "cuda-gptq-wgmma"),
         ]
-    for k, n in ((4096, 4096), (14336, 4096), (4096, 1024)):
+    for k, n in ((4096, 4096), (8128, 6144), (4096, 1024)):
         assert plan(k, n) == [
             (1, 2, "cuda-gptq-gemv"),
             (3, 8, "cuda-gptq-mma"),

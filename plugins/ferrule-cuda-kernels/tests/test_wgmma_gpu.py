@@ -58,11 +58,12 @@ def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
 
 
 @pytest.mark.parametrize(
-    ("n", "wgmma", "triton"), [(256, (256, None), (9, 255)), (8192, (9, None), None)]
+    ("n", "wgmma", "triton"), [(256, (256, None), (9, 255)), (8192, (3, None), None)]
 )
 def test_selection_by_rows_and_width(n, wgmma, triton):
-    """cuda-gptq-wgmma serves layers of 8,192 outputs and more from 9 rows; on narrower ones
-    triton-gptq (as fast or faster there on an H100) serves 9 to 255 rows where installed."""
+    """cuda-gptq-wgmma serves layers of 8,192 outputs and more from 3 rows; on narrower ones of
+    fewer inputs triton-gptq (as fast or faster there on an H100) serves 9 to 255 rows where
+    installed."""
     registry = load_plugins()
     tensors = random_gptq_tensors(512, n, 4, 128)
     layer = QuantLinear.from_tensors(tensors, 4, 128, registry=registry).to("cuda")

@@ -10,9 +10,10 @@ import torch when selection calls them.
 - ``cuda-gptq-mma``: 4-bit layers, float16, sm_80+, a CUDA C++ tensor-core kernel on the same
   layout and extension, preferred for 3 to 8 input rows.
 - ``cuda-gptq-wgmma``: 4-bit layers, float16, sm_90 (Hopper), a warp-specialized CUDA C++
-  kernel on ``wgmma`` and TMA in the same extension, preferred from 9 input rows on layers of
-  8,192 outputs and more and from 256 on narrower ones (``wgmma_rows``), where it is faster
-  than ``triton-gptq`` on an H100.
+  kernel on ``wgmma`` and TMA in the same extension, preferred by layer shape
+  (``wgmma_rows``): from 3 input rows on layers of 8,192 outputs and more, from 9 on layers
+  of 8,192 inputs and more, from 256 on the rest, where it is faster than ``cuda-gptq-mma``
+  and ``triton-gptq`` on an H100.
 - ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
   activations, sm_80+; a candidate the benchmarks compare.
 
@@ -28,8 +29,8 @@ from ferrule_cuda_kernels.platform import capability, check, memory
 
 GEMV_PRIORITY = 30
 MMA_PRIORITY = 25
-WGMMA_PRIORITY = 22  # over triton-gptq (20) where it prefers the rows (see wgmma_rows)
-WIDE_OUTPUTS = 8192  # cuda-gptq-wgmma serves layers this wide from 9 rows, narrower from 256
+WGMMA_PRIORITY = 26  # over cuda-gptq-mma and triton-gptq where it prefers the rows (wgmma_rows)
+WIDE = 8192  # outputs (or inputs) from which cuda-gptq-wgmma serves fewer rows (wgmma_rows)
 TORCH_INT4_PRIORITY = 15
 PLATFORM_PRIORITY = 20
 
@@ -53,8 +54,18 @@ def _wgmma_factory(layer):
 
 
 def wgmma_rows(request: KernelRequest) -> tuple[int, int | None]:
-    """The rows where cuda-gptq-wgmma is preferred for this layer: from 9 on wide layers."""
-    return (9, None) if request.out_features >= WIDE_OUTPUTS else (256, None)
+    """The rows where cuda-gptq-wgmma is preferred for this layer.
+
+    H100, 2026-11-28, ratio to fp16 cuBLAS (``ferrule bench kernels``, each kernel forced):
+    on 8,192 outputs and more from 3 rows (4096x14336 / 28672x8192 at 4 rows: 2.68x / 3.17x
+    against cuda-gptq-mma's 2.39x / 2.80x; cuda-gptq-gemv stays ahead at 1-2 rows); on 8,192
+    inputs and more from 9 (14336x4096 at 8 / 16 / 64 rows: 2.27x / 2.09x / 1.38x against
+    cuda-gptq-mma's 2.41x and triton-gptq's 1.59x / 1.08x); on the rest from 256 (4096x4096
+    at 32-128 rows: 0.92-0.64x against triton-gptq's 1.08-0.66x).
+    """
+    if request.out_features >= WIDE:
+        return (3, None)
+    return (9, None) if request.in_features >= WIDE else (256, None)
 
 
 def _torch_int4_factory(layer):
@@ -124,7 +135,8 @@ def ferrule_register_kernels():
             priority=MMA_PRIORITY,
             check=check_gemv,  # the same extension and group layout
             # 3-8 rows: 2.1-2.6x fp16 on the large Llama layers against triton-gptq's
-            # 1.8-1.9x (H100, 2026-11-27); from 16 rows triton-gptq is as fast or faster.
+            # 1.8-1.9x (H100, 2026-11-27); from 16 rows triton-gptq is as fast or faster. On
+            # layers of 8,192 outputs and more cuda-gptq-wgmma is faster still (wgmma_rows).
             preferred_rows=(3, 8),
             sorted_groups=True,
             description=(
@@ -149,19 +161,15 @@ def ferrule_register_kernels():
             min_capability=(9, 0),
             priority=WGMMA_PRIORITY,
             check=check_wgmma,
-            # By layer width (H100, 2026-11-28, ratio to fp16 cuBLAS against triton-gptq's):
-            # on layers of 8,192 outputs and more it is ahead from 16 rows (4096x14336 at 16 /
-            # 64 rows: 2.16x / 1.34x against 1.61x / 1.04x; 28672x8192: 2.24x / 1.71x against
-            # 1.82x / 1.32x); on narrower ones only from 256 (4096x4096 at 16-128 rows:
-            # 1.41-0.53x against 1.52-0.63x), and the Llama-3-8B W4 offline decode steps took
-            # 4% less time with it from 256 than from 512.
+            # By layer shape (wgmma_rows, with the measurements).
             preferred_rows=(256, None),
             preferred_rows_for=wgmma_rows,
             sorted_groups=True,
             description=(
                 "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout, "
-                "for 9 rows and more on layers of 8,192 outputs and up, 256 on narrower ones: "
-                "warp-specialized, a producer thread streams x (gathered "
+                "from 3 rows on layers of 8,192 outputs and up, 9 on 8,192 inputs, 256 on the "
+                "rest: "
+                "warp-specialized, a producer thread streams x (put "
                 "once into the fragments' K order, act-order folded in), the packed words and "
                 "the group parameters by TMA into an mbarrier ring, two consumer warpgroups "
                 "dequantize into wgmma's A fragments in registers; split-K; K and group sizes "
