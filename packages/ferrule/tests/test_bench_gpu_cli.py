@@ -133,3 +133,25 @@ def test_kernel_bench_arguments_are_checked(args, message):
 def test_kernel_bench_needs_a_gpu():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         main(["bench", "kernels", "--shapes", "256x256", "--rows", "1"])
+
+
+def test_kernel_bench_times_each_candidate_twice_in_mirrored_order(capsys):
+    from ferrule.kernel_bench import balanced_times
+
+    calls = []
+
+    def timer(name, base):
+        def time():
+            calls.append(name)
+            return base + len(calls)  # a clock that drifts by 1 a timing
+
+        return time
+
+    def broken():
+        raise RuntimeError("no kernel")
+
+    times = balanced_times({"fp16": timer("fp16", 10), "ours": timer("ours", 5), "x": broken})
+    assert calls == ["fp16", "ours", "ours", "fp16"]
+    # fp16 at drift 1 and 4, ours at 2 and 3: the drift adds the same 2.5 to both
+    assert times == {"fp16": 12.5, "ours": 7.5}
+    assert "x: RuntimeError: no kernel" in capsys.readouterr().out
