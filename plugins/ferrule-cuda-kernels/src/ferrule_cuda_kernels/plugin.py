@@ -168,9 +168,8 @@ def ferrule_register_kernels():
             description=(
                 "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout, "
                 "from 3 rows on layers of 8,192 outputs and up, 9 on 8,192 inputs, 256 on the "
-                "rest: "
-                "warp-specialized, a producer thread streams x (put "
-                "once into the fragments' K order, act-order folded in), the packed words and "
+                "rest: warp-specialized, a producer thread streams x (put once into the "
+                "fragments' K order, act-order folded in), the packed words and "
                 "the group parameters by TMA into an mbarrier ring, two consumer warpgroups "
                 "dequantize into wgmma's A fragments in registers; split-K; K and group sizes "
                 "multiples of 64 (or -1), N of 32; compiled on first use (nvcc)"

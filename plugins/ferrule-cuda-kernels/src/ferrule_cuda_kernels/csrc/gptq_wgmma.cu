@@ -1,6 +1,7 @@
 // cuda-gptq-wgmma: y = x @ W for float16 x and a GPTQ 4-bit weight on Hopper's warpgroup MMA
-// (wgmma, sm_90a). Selected from 9 rows on layers of 8,192 outputs and more, from 256 on
-// narrower ones: where it beat triton-gptq on the Llama-3 layers measured on an H100
+// (wgmma, sm_90a). Selected by layer shape (plugin.py's wgmma_rows): from 3 rows on layers of
+// 8,192 outputs and more, from 9 on layers of 8,192 inputs and more, from 256 on the rest,
+// where it beat cuda-gptq-mma and triton-gptq on the Llama-3 layers measured on an H100
 // (docs/benchmarks.md).
 //
 // The product runs transposed, out^T = W^T x^T, as in cuda-gptq-mma: the weight is the A
@@ -18,9 +19,9 @@
 //
 // x must then sit in shared memory in that K order: within every 32 rows of K, logical
 // position 16 s + 2 t + e holds row 8 t + 2 s + 4 e and position 16 s + 8 + 2 t + e row
-// 8 t + 2 s + 1 + 4 e. The binding gathers x into that order once per call (gather_rows with
-// the layer's `order`, which folds act-order's perm in as well, so act-order costs nothing
-// more).
+// 8 t + 2 s + 1 + 4 e. The binding puts x into that order once per call (order_rows): in-order
+// layers by a fixed shuffle within each 32 rows, act-order ones by gather_rows with the layer's
+// `order`, which folds act-order's perm in as well, so act-order costs nothing more.
 //
 // Warp-specialized. A block is three warpgroups over TOKENS rows of x (16 to 256: the wgmma's
 // N) and 2 x 64 kTiles columns, stepping through K 64 rows at a time. One thread of warpgroup 0,
@@ -542,7 +543,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the address arithmetic, ~110-290 instructions a step, did too.)
     set_registers<false, 40>();
     if (t == 0) {
-      common::wait_for_inputs();  // x is the gather kernel's output
+      common::wait_for_inputs();  // x is order_rows' output
       constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
       int stage = 0;
       uint32_t phase = 0;  // of the empty barriers' use: the stage's previous round
