@@ -48,14 +48,15 @@ ferrule_gemv::Problem problem(const void* x, int64_t stride_m, int64_t stride_k,
   return p;
 }
 
-// As the binding's gather_first: x[:, p.perm] (wgmma: x in the kernel's K order) into
+// As the binding's gather_first: x[:, p.perm] (without perm, a contiguous copy of x) into
 // `gathered` (filled only where `fill`: a plan-only call needs no data), which p then reads
 // without perm. False if the gather fails.
 bool gather_first(ferrule_gemv::Problem& p, std::vector<uint16_t>& gathered, bool fill,
-                  int num_sms, bool wgmma = false) {
+                  int num_sms) {
   gathered.resize(static_cast<size_t>(p.M) * p.K);
-  const auto gather = wgmma ? ferrule_gemv::order_rows : ferrule_gemv::gather_rows;
-  if (fill && gather(p, gathered.data(), num_sms, nullptr) != cudaSuccess) return false;
+  if (fill && ferrule_gemv::gather_rows(p, gathered.data(), num_sms, nullptr) != cudaSuccess) {
+    return false;
+  }
   p.x = gathered.data(); p.x_stride_m = p.K; p.x_stride_k = 1; p.perm = nullptr;
   return true;
 }
@@ -100,23 +101,24 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
 
-// order: an act-order layer's perm folded with the kernel's K order (wgmma.kernel_order), or
-// null for an in-order layer. plan: in,
-// tokens and splits to force (0: choose); out, tokens, splits, steps_per_split.
+// plan: in, tokens and splits to force (0: choose); out, tokens, splits, steps_per_split.
 extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
-                              const int32_t* order, const int32_t* qweight, const int32_t* qzeros,
+                              const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
                               const void* scales, void* out, float* workspace, int32_t* counters,
                               int M, int K, int N, int group_size, int num_sms, int64_t capacity,
                               int* plan) {
-  auto p = problem(x, stride_m, stride_k, order, qweight, qzeros, scales, out, workspace,
+  auto p = problem(x, stride_m, stride_k, perm, qweight, qzeros, scales, out, workspace,
                    counters, M, K, N, group_size, 4, 0);
   p.tokens = plan[0];
   p.splits = plan[1];
   ferrule_gemv::plan_wgmma(p, num_sms, capacity);
   plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split;
   if (workspace == nullptr) return 0;
-  std::vector<uint16_t> gathered;  // as the binding: x into the kernel's K order, always
-  if (!gather_first(p, gathered, true, num_sms, true)) return 1;
+  // As the binding: act-order layers gather x first, and x that TMA cannot read is copied.
+  const bool readable = p.x_stride_k == 1 && p.x_stride_m >= p.K && p.x_stride_m % 8 == 0 &&
+                        reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+  std::vector<uint16_t> gathered;
+  if ((perm != nullptr || !readable) && !gather_first(p, gathered, true, num_sms)) return 1;
   return static_cast<int>(ferrule_gemv::launch_wgmma(p, nullptr));
 }
 """
@@ -184,7 +186,7 @@ def run_emulated(entry, layer, x, index, forced, plan_size, splits_at, plan_only
     and the kernel's plan (``(None, plan)`` with ``plan_only``: nothing runs).
 
     ``entry`` is the library's ``emulated_mma`` or ``emulated_wgmma``; ``index`` the int32 [K]
-    tensor it gathers ``x`` through (``perm`` or the kernel's order, or ``None``); ``forced``
+    tensor it gathers ``x`` through (``perm``, or ``None``); ``forced``
     the plan values to force (0: choose); ``plan[splits_at]`` of the ``plan_size`` values it
     returns is the number of splits. The first call only plans, to size the workspace.
     """
@@ -232,17 +234,11 @@ def emulated_mma(emulator):
 @pytest.fixture
 def emulated_wgmma(emulator):
     """``run(layer, x, tokens=0, splits=0, plan_only=False)``: ``(out, plan)`` of the emulated
-    cuda-gptq-wgmma, plan = ``(tokens, splits, steps_per_split)``; ``x`` goes into the kernel's K
-    order through act-order's perm folded with it, or by its fixed shuffle in order, as the
-    kernel object does."""
-    from ferrule_cuda_kernels.wgmma import kernel_order
+    cuda-gptq-wgmma, plan = ``(tokens, splits, steps_per_split)``."""
 
     def run(layer, x, tokens=0, splits=0, plan_only=False):
-        order = None  # in order: the kernel's fixed shuffle
-        if layer.input_perm is not None:
-            order = layer.input_perm[kernel_order(layer.in_features)].to(torch.int32).contiguous()
         return run_emulated(
-            emulator.emulated_wgmma, layer, x, order, (tokens, splits), 3, 1, plan_only
+            emulator.emulated_wgmma, layer, x, layer.input_perm, (tokens, splits), 3, 1, plan_only
         )
 
     return run

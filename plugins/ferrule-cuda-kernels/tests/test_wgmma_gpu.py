@@ -51,6 +51,17 @@ def test_large_layers(kernel_layer, forced_plans, k, n, group_size, desc_act, sy
     assert layer.kernel_spec.name == "cuda-gptq-wgmma"
 
 
+@pytest.mark.parametrize("desc_act", [False, True])
+def test_views_of_wider_inputs(kernel_layer, desc_act):
+    """x read in place (rows further apart than K) and copied first (misaligned, strided)."""
+    layer = kernel_layer("cuda-gptq-wgmma", 1024, 512, 128, desc_act=desc_act)
+    wide = torch.randn(40, 2048, dtype=torch.float16, device="cuda")
+    for x in (wide[:, :1024], wide[:, 3:1027], wide[:, ::2]):
+        with torch.no_grad():
+            err = relative_error(layer(x), float64_reference(layer, x))
+        assert err < TOLERANCE["float16"], (x.stride(), x.storage_offset(), err)
+
+
 def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
     layer = kernel_layer("cuda-gptq-wgmma", 2048, 1024, 128, desc_act=True)
     errors = graph_replay_errors(layer, 64)

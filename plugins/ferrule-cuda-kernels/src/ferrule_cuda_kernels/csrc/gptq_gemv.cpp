@@ -149,17 +149,15 @@ torch::Tensor run(ferrule_gemv::Problem& p, const torch::Tensor& x, const torch:
   return out;
 }
 
-// x[:, p.perm] into a new [M, K] tensor that p then reads (without perm), by `gather` (gather_rows
-// or order_rows); an empty tensor, and p unchanged, when there is no perm and `always` is
-// false. The caller keeps the tensor until the launch.
-template <typename Gather>
-torch::Tensor gather_first(ferrule_gemv::Problem& p, const torch::Tensor& x, Gather gather,
-                           bool always = false) {
+// x[:, p.perm] into a new [M, K] tensor that p then reads (without perm), by gather_rows
+// (without perm, a contiguous copy); an empty tensor, and p unchanged, when there is no perm
+// and `always` is false. The caller keeps the tensor until the launch.
+torch::Tensor gather_first(ferrule_gemv::Problem& p, const torch::Tensor& x, bool always = false) {
   if ((p.perm == nullptr && !always) || p.M == 0) return {};
   const c10::cuda::CUDAGuard guard(x.device());
   auto gathered = torch::empty({x.size(0), x.size(1)}, x.options());
-  C10_CUDA_CHECK(gather(p, gathered.data_ptr(), multiprocessors(),
-                        c10::cuda::getCurrentCUDAStream().stream()));
+  C10_CUDA_CHECK(ferrule_gemv::gather_rows(p, gathered.data_ptr(), multiprocessors(),
+                                           c10::cuda::getCurrentCUDAStream().stream()));
   p.x = gathered.data_ptr();
   p.x_stride_m = x.size(1);
   p.x_stride_k = 1;
@@ -176,7 +174,7 @@ torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tenso
                        group_size);
   // Act-order float16 rows of long K: x[:, perm] once first (see gemv_gathers_first).
   torch::Tensor gathered;
-  if (ferrule_gemv::gemv_gathers_first(p)) gathered = gather_first(p, x, ferrule_gemv::gather_rows);
+  if (ferrule_gemv::gemv_gathers_first(p)) gathered = gather_first(p, x);
   return run(p, x, counters, ferrule_gemv::plan, ferrule_gemv::launch);
 }
 
@@ -193,19 +191,19 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
   p.warps_k = static_cast<int>(warps_k);
   p.splits = static_cast<int>(splits);
   // act-order: x[:, perm] once, rather than in every block
-  const torch::Tensor gathered = gather_first(p, x, ferrule_gemv::gather_rows);
+  const torch::Tensor gathered = gather_first(p, x);
   return run(p, x, counters, ferrule_gemv::plan_mma, ferrule_gemv::launch_mma);
 }
 
-// y [M, N] = x [M, K] @ W with cuda-gptq-wgmma (float16, 4-bit, sm_90). x goes first into the
-// kernel's K order (gptq_wgmma.cu): through `order` [K], an act-order layer's perm folded with
-// that order, or, without it (an in-order layer), by the order's fixed shuffle. tokens and
-// splits force the plan's choices (0: choose), for tuning.
-torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tensor>& order,
+// y [M, N] = x [M, K] @ W with cuda-gptq-wgmma (float16, 4-bit, sm_90). Act-order layers gather
+// x[:, perm] first; x that TMA cannot read as it is (rows not contiguous in K, not 16-byte
+// aligned or not a multiple of 16 bytes apart) is copied first. tokens and splits force the
+// plan's choices (0: choose), for tuning.
+torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
                          const torch::Tensor& qweight, const torch::Tensor& qzeros,
                          const torch::Tensor& scales, const torch::Tensor& counters,
                          int64_t group_size, int64_t tokens, int64_t splits) {
-  auto p = problem_for("cuda-gptq-wgmma", x, order, qweight, qzeros, scales, counters, 4,
+  auto p = problem_for("cuda-gptq-wgmma", x, perm, qweight, qzeros, scales, counters, 4,
                        group_size);
   TORCH_CHECK(!p.bf16, "cuda-gptq-wgmma: x must be float16, got ", x.scalar_type());
   const auto [major, minor] = capability_of(x);
@@ -223,7 +221,10 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tens
   }
   p.tokens = static_cast<int>(tokens);
   p.splits = static_cast<int>(splits);
-  const torch::Tensor gathered = gather_first(p, x, ferrule_gemv::order_rows, true);
+  const bool readable = p.x_stride_k == 1 && p.x_stride_m >= p.K && p.x_stride_m % 8 == 0 &&
+                        reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+  const torch::Tensor gathered =
+      gather_first(p, x, /*always=*/!readable);
   return run(p, x, counters, ferrule_gemv::plan_wgmma, ferrule_gemv::launch_wgmma);
 }
 

@@ -71,20 +71,16 @@ bool gemv_gathers_first(const Problem& p);
 // group_shift, tokens, loads, warps_k (unless set), splits (unless set) and units_per_split.
 void plan_mma(Problem& p, int num_sms, int64_t counter_capacity);
 cudaError_t launch_mma(const Problem& p, cudaStream_t stream);
-// out [M, K] = x[:, perm] (float16): act-order layers gather x once before launch_mma, which
-// then reads `out` without perm. num_sms sizes the grid.
+// out [M, K] = x[:, perm] (float16; without perm, a contiguous copy of x): act-order layers
+// gather x once before launch_mma, which then reads `out` without perm. num_sms sizes the grid.
 cudaError_t gather_rows(const Problem& p, void* out, int num_sms, cudaStream_t stream);
 
-// cuda-gptq-wgmma (gptq_wgmma.cu): float16 x already gathered into the kernel's K order
-// ([M, K] contiguous, see the file's comment), 4-bit codes, K a multiple of 64, N of 32 and
-// groups of a multiple of 64 rows, 16-byte aligned tensors (TMA), Hopper's wgmma (sm_90a).
-// Chooses group_shift, tokens (unless set: 16, 32, 64, 128 or 256), splits (unless set) and
-// units_per_split (steps of 64 rows of K a split).
+// cuda-gptq-wgmma (gptq_wgmma.cu): float16 x without perm (act-order layers gather it first
+// with gather_rows), its rows contiguous in K, 16-byte aligned and a multiple of 16 bytes apart;
+// 4-bit codes, K a multiple of 64, N of 32 and groups of a multiple of 64 rows, 16-byte aligned
+// tensors (TMA), Hopper's wgmma (sm_90a). Chooses group_shift, tokens (unless set: 16, 32, 64,
+// 128 or 256), splits (unless set) and units_per_split (steps of 64 rows of K a split).
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity);
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream);
-// out [M, K] = x in the kernel's K order: through p.perm (the layer's act-order perm folded with
-// that order) with gather_rows, or, where p.perm is null (an in-order layer), by the fixed
-// shuffle within each 32 rows that the order is.
-cudaError_t order_rows(const Problem& p, void* out, int num_sms, cudaStream_t stream);
 
 }  // namespace ferrule_gemv

@@ -494,7 +494,7 @@ void plan_mma(Problem& p, int num_sms, int64_t counter_capacity) {
 }
 
 cudaError_t gather_rows(const Problem& p, void* out, int num_sms, cudaStream_t stream) {
-  if (p.M >= kWholeRowFrom && p.K <= kWholeRowMaxK && p.K % 8 == 0 &&
+  if (p.perm != nullptr && p.M >= kWholeRowFrom && p.K <= kWholeRowMaxK && p.K % 8 == 0 &&
       reinterpret_cast<uintptr_t>(p.perm) % 16 == 0) {
     const int shared = p.K * 2;
     static const cudaError_t allowed =

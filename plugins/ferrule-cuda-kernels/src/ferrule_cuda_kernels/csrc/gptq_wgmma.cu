@@ -6,22 +6,21 @@
 //
 // The product runs transposed, out^T = W^T x^T, as in cuda-gptq-mma: the weight is the A
 // operand and comes from registers, where each thread dequantizes packed words, and x is the B
-// operand, which wgmma reads from shared memory. Thread 4 g + c of warp w of a warpgroup takes,
-// for each 32 rows of K, word row c of its 2 kTiles adjacent columns; tile j (an m64 tile: two
-// a warpgroup, 128 columns, or one, 64 columns, at 256 rows) takes its row 16 w + g from column
-// 2 j of the thread's list and row 16 w + g + 8 from column 2 j + 1, and the 16 K positions of
-// the thread's fragments are its word's code pairs (2 s, 2 s + 4) and (2 s + 1, 2 s + 5) for
-// K step s: wgmma's A fragment layout per warp is mma.sync's, so the mapping, the LOP3
-// unpacking and the exact q - z are cuda-gptq-mma's. Up to 32 rows the fragments stay q - z
-// and the scale multiplies each step's float32 sums, as in cuda-gptq-mma; from 64 rows it
-// multiplies the fragments (HMUL2), so the weight rounds once to float16, as a
-// dequantize-then-matmul's.
+// operand, which wgmma reads from shared memory in its own order (x needs no shuffle). Thread
+// 4 g + c of warp w of a warpgroup takes 2 kTiles adjacent columns; tile j (an m64 tile: two a
+// warpgroup, 128 columns, or one, 64 columns, at 256 rows) takes its row 16 w + g from column
+// 2 j of the thread's list and row 16 w + g + 8 from column 2 j + 1. wgmma's A fragment layout
+// per warp is mma.sync's: for K step s (16 rows) the thread holds rows 16 s + 2 c, + 1 and
+// 16 s + 8 + 2 c, + 1, byte c of word rows 2 s and 2 s + 1 of the unit (32 rows: 4 word rows).
+// A PRMT copies that byte to bytes 0 and 2, one LOP3 and one HFMA2 make the exact q - z pair
+// of it (byte_codes). Up to 32 rows the fragments stay q - z and the scale multiplies each
+// step's float32 sums, as in cuda-gptq-mma; from 64 rows it multiplies the fragments (HMUL2),
+// so the weight rounds once to float16, as a dequantize-then-matmul's. Act-order layers gather
+// x[:, perm] first (gather_rows); in-order ones read x as it is.
 //
-// x must then sit in shared memory in that K order: within every 32 rows of K, logical
-// position 16 s + 2 t + e holds row 8 t + 2 s + 4 e and position 16 s + 8 + 2 t + e row
-// 8 t + 2 s + 1 + 4 e. The binding puts x into that order once per call (order_rows): in-order
-// layers by a fixed shuffle within each 32 rows, act-order ones by gather_rows with the layer's
-// `order`, which folds act-order's perm in as well, so act-order costs nothing more.
+// (Until the tenth session each thread took a whole word, 8 rows, as cuda-gptq-mma does, and x
+// went first through a shuffle within each 32 rows into the order that gave: one more kernel,
+// ~2 us at 16 rows and ~10% of the product at 1,024 rows of 4096x4096, H100.)
 //
 // Warp-specialized. A block is three warpgroups over TOKENS rows of x (16 to 256: the wgmma's
 // N) and 2 x 64 kTiles columns, stepping through K 64 rows at a time. One thread of warpgroup 0,
@@ -461,14 +460,33 @@ __device__ __forceinline__ void set_registers() {
 #endif
 }
 
-// One step's weight and group parameters for a consumer thread's 2 kTiles columns (up to 4).
+// One step's group parameters for a consumer thread's 2 kTiles columns (up to 4), and the
+// packed words of a unit (32 rows of K: word rows 4 u .. 4 u + 3 of the step) where the consumer
+// reads them ahead.
 struct Held {
-  int4 words[2];  // word rows c and 4 + c of the step, columns col .. (x, y only at kTiles 1)
-  common::ZeroPairs zero[4];  // each column's zero point, as code_pairs subtracts it
+  int4 words[2][4];  // [unit][word row]: columns col .. (x, y only at kTiles 1)
+  uint32_t zero[4];  // each column's (-(1024 + z), -(64 + z)) (float16 bits), for code_pair
   uint32_t scale[4];  // each column's scale twice (float16 bits), where fragments are scaled
   uint2 scales;  // the columns' scales (float16 bits), where the sums are scaled
   int stage;     // the step's stage in the ring
 };
+
+// The codes of rows (2 c, 2 c + 1) of a word's 8 (byte c) less the zero point, as a float16
+// pair, exact: PRMT puts byte c at bytes 0 and 2, one LOP3 makes (1024 + lo, 1024 + 16 hi) of
+// it, one HFMA2 by (1, 1/16) adds `zero`, (-(1024 + z), -(64 + z)). `select` is PRMT's
+// selector for byte c: 0x4040 + 0x0101 c (byte 4, the zero register's, elsewhere).
+__device__ __forceinline__ uint32_t byte_codes(uint32_t w, uint32_t select, uint32_t zero) {
+#ifdef __CUDA_ARCH__
+  uint32_t twice;
+  asm("prmt.b32 %0, %1, 0, %2;" : "=r"(twice) : "r"(w), "r"(select));
+#else
+  const uint32_t b = (w >> (8 * (select & 3u))) & 0xFFu;
+  const uint32_t twice = b | (b << 16);
+#endif
+  const __half2 unit_sixteenth = bits_half2(0x2C003C00u);  // (1, 1/16)
+  return half2_bits(__hfma2(bits_half2(common::and_or<0x00F0000Fu, 0x64006400u>(twice)),
+                            unit_sixteenth, bits_half2(zero)));
+}
 
 // Fragments of one unit (32 rows of K): [K step s][tile j][register].
 template <int kT>
@@ -543,20 +561,33 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the address arithmetic, ~110-290 instructions a step, did too.)
     set_registers<false, 40>();
     if (t == 0) {
-      common::wait_for_inputs();  // x is order_rows' output
       constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
-      int stage = 0;
-      uint32_t phase = 0;  // of the empty barriers' use: the stage's previous round
-      for (int step = step_begin; step < step_end; ++step) {
-        const int bar = full(stage);
-        if (step - step_begin >= S) barrier_wait(sh, empty(stage), phase ^ 1u);
+      // The step's weight copies (words, scales, zero points) into `stage`, whose full barrier
+      // then expects the x tile's bytes as well.
+      auto load_weight = [&](int step, int stage) {
         const int base = stage * kStageBytes<TOKENS>;
+        const int bar = full(stage);
         barrier_expect(sh, bar, kStageTx<TOKENS>);
-        tma_load(sh, base, maps.x, step * kStepRows, row0, bar);
         tma_load(sh, base + kXBytes<TOKENS>, maps.words, 0, step * 8, col0 / kWordBox, bar);
         const int group = static_cast<int>(common::group_of(p, step * kStepRows));
         tma_load(sh, base + kScales, maps.scales, col0, group, bar);
         tma_load(sh, base + kScales + kScaleBytes<TOKENS>, maps.zeros, col0 / 8, group, bar);
+      };
+      auto load_x = [&](int step, int stage) {
+        tma_load(sh, stage * kStageBytes<TOKENS>, maps.x, step * kStepRows, row0, full(stage));
+      };
+      // The first round of the ring's weights goes out before x is ready (no kernel writes
+      // the weight), while the previous kernel on the stream finishes.
+      const int first = min(step_end, step_begin + S);
+      for (int step = step_begin; step < first; ++step) load_weight(step, step - step_begin);
+      common::wait_for_inputs();  // x may be the previous kernel's output
+      for (int step = step_begin; step < first; ++step) load_x(step, step - step_begin);
+      int stage = 0;
+      uint32_t phase = 1;  // of the empty barriers' use: the stage's previous round
+      for (int step = first; step < step_end; ++step) {
+        barrier_wait(sh, empty(stage), phase ^ 1u);
+        load_weight(step, stage);
+        load_x(step, stage);
         if (++stage == S) {
           stage = 0;
           phase ^= 1u;
@@ -576,21 +607,33 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const int zero_shift = 4 * (col % 8);
     // The thread's bytes in a stage: its words in box local_col / 32 (1 KB: 8 word rows of 32
-    // columns), word row 4 u + c at 16-byte chunk (local_col % 32) / 4 ^ (row % 8) (the 128-byte
-    // swizzle), 8 bytes into it at kTiles 1 for odd local_col / 2; its scales and zero points.
-    int word_at[2];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int row = 4 * u + c;
-      word_at[u] = kXBytes<TOKENS> + 1024 * (local_col / kWordBox) + 128 * row +
-                   ((((local_col % kWordBox) / 4) ^ (row & 7)) << 4) + 4 * (local_col % 4);
-    }
+    // columns), word row r at 16-byte chunk (local_col % 32) / 4 ^ r (the 128-byte swizzle), 8
+    // bytes into it at kTiles 1 for odd local_col / 2; its scales and zero points.
+    const int words_at = kXBytes<TOKENS> + 1024 * (local_col / kWordBox) + 4 * (local_col % 4);
+    const int chunk_at = ((local_col % kWordBox) / 4) << 4;
     const int scale_at = kXBytes<TOKENS> + kWordBytes<TOKENS> + 2 * local_col;
     const int zero_at = kXBytes<TOKENS> + kWordBytes<TOKENS> + kScaleBytes<TOKENS> + 4 * (local_col / 8);
+    const uint32_t select = 0x4040u + 0x0101u * static_cast<uint32_t>(c);  // byte c: rows 2 c, 2 c + 1
+    // Word rows 4 u .. 4 u + 3 of the step in `stage` (unit u), the thread's columns.
+    auto read_unit = [&](int stage, int u, int4 (&w)[4]) {
+      const char* const base = smem + stage * kStageBytes<TOKENS> + words_at;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = 4 * u + r;
+        const char* const at = base + 128 * row + (chunk_at ^ (row << 4));
+        if constexpr (kT == 2) {
+          w[r] = *reinterpret_cast<const int4*>(at);
+        } else {
+          const uint2 two = *reinterpret_cast<const uint2*>(at);
+          w[r] = make_int4(static_cast<int>(two.x), static_cast<int>(two.y), 0, 0);
+        }
+      }
+    };
     // Steps are taken in order: the next one's stage and the parity of its round in the ring.
     int next_stage = 0;
     uint32_t next_round = 0;
-    // Waits for the next step's stage, then reads the thread's words, scales and zero points.
+    // Waits for the next step's stage, then reads the thread's scales and zero points (and, up
+    // to 32 rows, where the loop waits on them, its words).
     auto take = [&](Held& h) {
       h.stage = next_stage;
       barrier_wait(sh, full(next_stage), next_round);
@@ -598,19 +641,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         next_stage = 0;
         next_round ^= 1u;
       }
-      const char* const base = smem + h.stage * kStageBytes<TOKENS>;
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        if constexpr (kT == 2) {
-          h.words[u] = *reinterpret_cast<const int4*>(base + word_at[u]);
-        } else {
-          const uint2 two = *reinterpret_cast<const uint2*>(base + word_at[u]);
-          h.words[u] = make_int4(static_cast<int>(two.x), static_cast<int>(two.y), 0, 0);
-        }
+      if constexpr (kScaleSums<TOKENS>) {
+        read_unit(h.stage, 0, h.words[0]);
+        read_unit(h.stage, 1, h.words[1]);
       }
+      const char* const base = smem + h.stage * kStageBytes<TOKENS>;
       const uint32_t zeros = *reinterpret_cast<const uint32_t*>(base + zero_at);
 #pragma unroll
-      for (int k = 0; k < kCols; ++k) h.zero[k] = common::zero_pairs((zeros >> (zero_shift + 4 * k)) & 0xFu);
+      for (int k = 0; k < kCols; ++k) {
+        h.zero[k] = 0xD400E400u + ((zeros >> (zero_shift + 4 * k)) & 0xFu) * 0x00100001u;
+      }
       h.scales = kT == 2 ? *reinterpret_cast<const uint2*>(base + scale_at)
                          : make_uint2(*reinterpret_cast<const uint32_t*>(base + scale_at), 0u);
       if constexpr (!kScaleSums<TOKENS>) {
@@ -622,16 +662,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     };
     // (q - z) (times s from 64 rows) of each code of unit u (32 rows of K) of the held step, as
-    // the fragments of its 2 k16 wgmmas a tile.
+    // the fragments of its 2 k16 wgmmas a tile: register pair i of a column is byte c of its
+    // word row 4 u + i, rows 16 s + 8 h + 2 c and the next for i = 2 s + h, so x stays in order.
     auto dequantize = [&](const Held& h, int u, UnitFragments<kT>& a) {
-      uint32_t wp[kCols][4];  // [column k of the list][code pair]
+      int4 read[4];
+      if constexpr (!kScaleSums<TOKENS>) read_unit(h.stage, u, read);
+      const int4* const words = kScaleSums<TOKENS> ? h.words[u] : read;
+      uint32_t wp[kCols][4];  // [column k of the list][word row 4 u + i]
 #pragma unroll
       for (int k = 0; k < kCols; ++k) {
-        __half2 v[4];
-        common::code_pairs(column_word(h.words[u], k), h.zero[k], v);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          wp[k][i] = kScaleSums<TOKENS> ? half2_bits(v[i]) : half2_bits(__hmul2(v[i], bits_half2(h.scale[k])));
+          const uint32_t v = byte_codes(column_word(words[i], k), select, h.zero[k]);
+          wp[k][i] = kScaleSums<TOKENS> ? v : half2_bits(__hmul2(bits_half2(v), bits_half2(h.scale[k])));
         }
       }
 #pragma unroll
@@ -855,7 +898,7 @@ cudaError_t make_map(TensorMap& map, const void* base, bool is_f16, uint64_t dim
 cudaError_t make_maps(const Problem& p, int tokens, Maps& maps) {
   const int block_cols = block_cols_for(tokens);
   const uint64_t groups = (static_cast<uint64_t>(p.K) + p.group_size - 1) / p.group_size;
-  cudaError_t e = make_map(maps.x, p.x, true, p.K, p.M, 2ull * p.K, kStepRows, tokens, true);
+  cudaError_t e = make_map(maps.x, p.x, true, p.K, p.M, 2ull * p.x_stride_m, kStepRows, tokens, true);
   if (e == cudaSuccess) {
     // The step's words in one box: 32 columns (128 bytes) by 8 word rows by the block's
     // block_cols / 32 column chunks (128 bytes apart), landing chunk after chunk.
@@ -904,36 +947,6 @@ auto dispatch(const Problem& p, F&& f) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// out = x in the kernel's K order for an in-order layer: a thread a 32-row unit of a row. Of the
-// unit's octets v[t] (rows 8 t .. 8 t + 7), output octet q holds rows 8 t + q and 8 t + q + 4 for
-// t = 0..3: word t of it is word q of pair_order(v[t]), a 4 x 4 transpose of 32-bit words. (A
-// gather through the order tensor instead read 32 bytes of it for every 16 of x, and one block
-// a row at 16 rows of 28,672 left most multiprocessors idle: ~17 us, H100.)
-constexpr int kOrderThreads = 256;
-__global__ void __launch_bounds__(kOrderThreads) order_units_kernel(const Problem p, __half* out) {
-  common::release_dependents();  // the product may start loading its weights
-  const int units = p.K / 32;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kOrderThreads + threadIdx.x;
-  if (i >= static_cast<int64_t>(p.M) * units) return;
-  const int m = static_cast<int>(i / units);
-  const int k = 32 * static_cast<int>(i - static_cast<int64_t>(m) * units);
-  const common::XReader<__half> reader(static_cast<const __half*>(p.x), p.x_stride_m,
-                                       p.x_stride_k, nullptr, p.K);
-  common::wait_for_inputs();  // x may be the previous kernel's
-  uint32_t w[4][4];  // [t][pair]
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const uint4 v = common::pair_order(reader.octet(m, k + 8 * t));
-    w[t][0] = v.x;
-    w[t][1] = v.y;
-    w[t][2] = v.z;
-    w[t][3] = v.w;
-  }
-  uint4* const to = reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * p.K + k);
-#pragma unroll
-  for (int q = 0; q < 4; ++q) to[q] = make_uint4(w[0][q], w[1][q], w[2][q], w[3][q]);
-}
-
 }  // namespace
 
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
@@ -980,14 +993,6 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
 
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream) {
   return dispatch(p, [&](auto k) { return decltype(k)::launch(p, stream); });
-}
-
-cudaError_t order_rows(const Problem& p, void* out, int num_sms, cudaStream_t stream) {
-  if (p.perm != nullptr) return gather_rows(p, out, num_sms, stream);
-  const int64_t units = static_cast<int64_t>(p.M) * (p.K / 32);
-  const dim3 grid(static_cast<unsigned>(ceil_div(units, kOrderThreads)));
-  return common::launch_kernel(order_units_kernel, grid, kOrderThreads, 0, stream, p.pdl, p,
-                               static_cast<__half*>(out));
 }
 
 }  // namespace ferrule_gemv
