@@ -10,10 +10,8 @@ import torch when selection calls them.
 - ``cuda-gptq-mma``: 4-bit layers, float16, sm_80+, a CUDA C++ tensor-core kernel on the same
   layout and extension, preferred for 3 to 8 input rows.
 - ``cuda-gptq-wgmma``: 4-bit layers, float16, sm_90 (Hopper), a warp-specialized CUDA C++
-  kernel on ``wgmma`` and TMA in the same extension, preferred by layer shape
-  (``wgmma_rows``): from 3 input rows on layers of 8,192 outputs and more, from 9 on layers
-  of 8,192 inputs and more, from 256 on the rest, where it is faster than ``cuda-gptq-mma``
-  and ``triton-gptq`` on an H100.
+  kernel on ``wgmma`` and TMA in the same extension, preferred from 3 input rows, where it is
+  faster than ``cuda-gptq-mma`` and ``triton-gptq`` on an H100 on every Llama-3 layer measured.
 - ``torch-int4``: 4-bit layers on torch's tensor-core ``aten._weight_int4pack_mm``, bfloat16
   activations, sm_80+; a candidate the benchmarks compare.
 
@@ -23,14 +21,13 @@ rows, and they cost what an in-order layer does.
 
 from __future__ import annotations
 
-from ferrule_core import KernelRequest, KernelSpec, PlatformSpec, hookimpl
+from ferrule_core import KernelSpec, PlatformSpec, hookimpl
 from ferrule_cuda_kernels.checks import check_gemv, check_torch_int4, check_wgmma
 from ferrule_cuda_kernels.platform import capability, check, memory
 
 GEMV_PRIORITY = 30
 MMA_PRIORITY = 25
-WGMMA_PRIORITY = 26  # over cuda-gptq-mma and triton-gptq where it prefers the rows (wgmma_rows)
-WIDE = 8192  # outputs (or inputs) from which cuda-gptq-wgmma serves fewer rows (wgmma_rows)
+WGMMA_PRIORITY = 26  # over cuda-gptq-mma and triton-gptq on sm_90
 TORCH_INT4_PRIORITY = 15
 PLATFORM_PRIORITY = 20
 
@@ -51,21 +48,6 @@ def _wgmma_factory(layer):
     from ferrule_cuda_kernels.wgmma import CudaGptqWgmma
 
     return CudaGptqWgmma(layer)
-
-
-def wgmma_rows(request: KernelRequest) -> tuple[int, int | None]:
-    """The rows where cuda-gptq-wgmma is preferred for this layer.
-
-    H100, 2026-11-28, ratio to fp16 cuBLAS (``ferrule bench kernels``, each kernel forced):
-    on 8,192 outputs and more from 3 rows (4096x14336 / 28672x8192 at 4 rows: 2.68x / 3.17x
-    against cuda-gptq-mma's 2.39x / 2.80x; cuda-gptq-gemv stays ahead at 1-2 rows); on 8,192
-    inputs and more from 9 (14336x4096 at 8 / 16 / 64 rows: 2.27x / 2.09x / 1.38x against
-    cuda-gptq-mma's 2.41x and triton-gptq's 1.59x / 1.08x); on the rest from 256 (4096x4096
-    at 32-128 rows: 0.92-0.64x against triton-gptq's 1.08-0.66x).
-    """
-    if request.out_features >= WIDE:
-        return (3, None)
-    return (9, None) if request.in_features >= WIDE else (256, None)
 
 
 def _torch_int4_factory(layer):
@@ -136,7 +118,7 @@ def ferrule_register_kernels():
             check=check_gemv,  # the same extension and group layout
             # 3-8 rows: 2.1-2.6x fp16 on the large Llama layers against triton-gptq's
             # 1.8-1.9x (H100, 2026-11-27); from 16 rows triton-gptq is as fast or faster. On
-            # layers of 8,192 outputs and more cuda-gptq-wgmma is faster still (wgmma_rows).
+            # sm_90 cuda-gptq-wgmma is faster still and serves these rows.
             preferred_rows=(3, 8),
             sorted_groups=True,
             description=(
@@ -161,18 +143,20 @@ def ferrule_register_kernels():
             min_capability=(9, 0),
             priority=WGMMA_PRIORITY,
             check=check_wgmma,
-            # By layer shape (wgmma_rows, with the measurements).
-            preferred_rows=(256, None),
-            preferred_rows_for=wgmma_rows,
+            # H100, 2026-11-28, ratio to fp16 cuBLAS, each kernel forced in one run: from 3
+            # rows as fast as or faster than cuda-gptq-mma and triton-gptq on every Llama-3
+            # layer (4096x4096 at 4 / 16 / 128 rows: 1.62x / 1.71x / 0.80x against mma's
+            # 1.53x / 1.22x and triton's 1.18x / 1.39x / 0.63x; 28672x8192 at 4 / 16: 3.12x /
+            # 3.08x against mma's 2.74x / 2.00x); cuda-gptq-gemv stays ahead at 1-2 rows.
+            preferred_rows=(3, None),
             sorted_groups=True,
             description=(
                 "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout, "
-                "from 3 rows on layers of 8,192 outputs and up, 9 on 8,192 inputs, 256 on the "
-                "rest: warp-specialized, a producer thread streams x (put once into the "
-                "fragments' K order, act-order folded in), the packed words and "
-                "the group parameters by TMA into an mbarrier ring, two consumer warpgroups "
-                "dequantize into wgmma's A fragments in registers; split-K; K and group sizes "
-                "multiples of 64 (or -1), N of 32; compiled on first use (nvcc)"
+                "from 3 rows: warp-specialized, a producer thread streams x (as it is; "
+                "act-order gathers it first), the packed words and the group parameters by "
+                "TMA into an mbarrier ring, two consumer warpgroups dequantize into wgmma's A "
+                "fragments in registers; split-K; K and group sizes multiples of 64 (or -1), "
+                "N of 32; compiled on first use (nvcc)"
             ),
         ),
         KernelSpec(
