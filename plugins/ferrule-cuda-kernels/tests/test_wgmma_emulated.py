@@ -74,7 +74,14 @@ def test_plan(emulated_wgmma, sorted_layer):
     assert tokens == 16
     assert splits * per_split >= 2048 // 64 and per_split >= 4  # at least 4 steps a split
     _, plan = emulated_wgmma(layer, torch.randn(100, 2048).half())
-    assert plan[0] == 64  # one column block: larger tiles would leave the GPU idle
+    # One column block: larger tiles would leave the GPU idle, and 64-row tiles fill it only
+    # in splits of 8 steps, 32-row tiles in splits of 16 (fewer partial sums).
+    assert plan == (32, 2, 16)
+    _, plan = emulated_wgmma(layer, torch.randn(100, 4096).half()[:, :2048])
+    assert plan == (32, 2, 16)  # rows further apart than K: the same plan
+    long_k = sorted_layer(4096, 256, 128, False, False)
+    _, plan = emulated_wgmma(long_k, torch.randn(100, 4096).half(), plan_only=True)
+    assert plan == (64, 4, 16)  # 64-row tiles fill the GPU in splits of 16 steps
     # The emulation's 4 multiprocessors: tiles of 128 rows once they alone cover 3 of them, 256
     # rows (128 columns a block) past 128 rows likewise.
     wide = sorted_layer(128, 3 * 256, -1, False, True)
@@ -83,7 +90,7 @@ def test_plan(emulated_wgmma, sorted_layer):
     _, plan = emulated_wgmma(wide, torch.randn(129, 128).half())
     assert plan[0] == 256  # 6 tiles of 256 rows
     _, plan = emulated_wgmma(wide, torch.randn(64, 128).half())
-    assert plan[0] == 64  # no tile past the next power of two
+    assert plan[0] == 32  # no tile past the next power of two; 2 steps: twice the blocks in 32
 
 
 def test_plan_on_long_k_takes_larger_tiles_in_splits(emulated_wgmma, sorted_layer):

@@ -424,14 +424,43 @@ __global__ void __launch_bounds__(kThreads) gather_whole_rows_kernel(const Probl
   const common::XReader<__half> reader(static_cast<const __half*>(p.x), p.x_stride_m,
                                        p.x_stride_k, nullptr, K);
   wait_for_inputs();  // x may be the previous kernel's
-  for (int o = threadIdx.x; o < octets; o += kThreads) {
-    reinterpret_cast<uint4*>(row)[o] = reader.octet(m, 8 * o);
+  // In batches of independent loads a thread, so a row costs a few round trips to memory
+  // rather than one a pass.
+  constexpr int kCopyBatch = 8;    // 16-byte octets of x
+  constexpr int kGatherBatch = 4;  // octets of perm (32 bytes each)
+  for (int first = threadIdx.x; first < octets; first += kThreads * kCopyBatch) {
+    uint4 v[kCopyBatch];
+#pragma unroll
+    for (int j = 0; j < kCopyBatch; ++j) {
+      const int o = first + j * kThreads;
+      if (o < octets) v[j] = reader.octet(m, 8 * o);
+    }
+#pragma unroll
+    for (int j = 0; j < kCopyBatch; ++j) {
+      const int o = first + j * kThreads;
+      if (o < octets) reinterpret_cast<uint4*>(row)[o] = v[j];
+    }
   }
   __syncthreads();
   const int4* __restrict__ perm = reinterpret_cast<const int4*>(p.perm);
-  for (int o = begin + threadIdx.x; o < end; o += kThreads) {
-    const uint4 v = common::gather8(row, 1, __ldg(perm + 2 * o), __ldg(perm + 2 * o + 1));
-    *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * K + 8 * o) = v;
+  for (int first = begin + threadIdx.x; first < end; first += kThreads * kGatherBatch) {
+    int4 a[kGatherBatch], b[kGatherBatch];
+#pragma unroll
+    for (int j = 0; j < kGatherBatch; ++j) {
+      const int o = first + j * kThreads;
+      if (o < end) {
+        a[j] = __ldg(perm + 2 * o);
+        b[j] = __ldg(perm + 2 * o + 1);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kGatherBatch; ++j) {
+      const int o = first + j * kThreads;
+      if (o < end) {
+        *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * K + 8 * o) =
+            common::gather8(row, 1, a[j], b[j]);
+      }
+    }
   }
 }
 
