@@ -31,7 +31,7 @@ CASES = [
     (256, 160, 64, True, False, 24),  # act-order; 32-row tiles; a partial block and warp
     (512, 128, -1, True, True, 40),  # one group; 64-row tiles
     (128, 64, 128, False, False, 130),  # two 128-row tiles, rows past M
-    (384, 256, 128, False, False, 9),  # more steps than stages
+    (384, 256, 128, False, False, 9),  # six steps in one block: the 16-row ring's size
     (320, 128, 64, True, False, 12),  # an odd number of steps (the sums path's last step)
 ]
 
@@ -47,10 +47,11 @@ def test_matches_the_float64_oracle(
 
 @pytest.mark.parametrize(
     ("tokens", "splits", "rows"),
-    [(16, 3, 20), (64, 1, 20), (128, 2, 20), (256, 1, 20), (256, 3, 300)],
+    [(16, 3, 20), (16, 1, 9), (32, 1, 30), (64, 1, 20), (128, 2, 20), (256, 1, 20), (256, 3, 300)],
 )
 def test_forced_tiles_and_split_k(emulated_wgmma, sorted_layer, tokens, splits, rows):
-    """256-row tiles take one m64 tile a warpgroup: 128 columns a block, 2 a thread."""
+    """256-row tiles take one m64 tile a warpgroup: 128 columns a block, 2 a thread. One split
+    of 16 steps goes round every ring (6 to 10 stages) more than once."""
     layer = sorted_layer(1024, 416, 128, True, False, seed=3)
     x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(2)).half()
     plan = check(emulated_wgmma, layer, x, tokens=tokens, splits=splits)
