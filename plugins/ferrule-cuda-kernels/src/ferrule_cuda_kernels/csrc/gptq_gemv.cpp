@@ -223,8 +223,7 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tens
   p.splits = static_cast<int>(splits);
   const bool readable = p.x_stride_k == 1 && p.x_stride_m >= p.K && p.x_stride_m % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  const torch::Tensor gathered =
-      gather_first(p, x, /*always=*/!readable);
+  const torch::Tensor gathered = gather_first(p, x, /*always=*/!readable);
   return run(p, x, counters, ferrule_gemv::plan_wgmma, ferrule_gemv::launch_wgmma);
 }
 

@@ -462,12 +462,12 @@ __device__ __forceinline__ void set_registers() {
 #endif
 }
 
-// One step's group parameters for a consumer thread's 2 kTiles columns (up to 4), and the
-// packed words of a unit (32 rows of K: word rows 4 u .. 4 u + 3 of the step) where the consumer
-// reads them ahead.
+// One step's group parameters for a consumer thread's 2 kTiles columns (up to 4) and, up to 32
+// rows, where the consumer reads them ahead, the step's packed words (a unit, 32 rows of K, is
+// word rows 4 u .. 4 u + 3).
 struct Held {
   int4 words[2][4];  // [unit][word row]: columns col .. (x, y only at kTiles 1)
-  uint32_t zero[4];  // each column's (-(1024 + z), -(64 + z)) (float16 bits), for code_pair
+  uint32_t zero[4];  // each column's (-(1024 + z), -(64 + z)) (float16 bits), for byte_codes
   uint32_t scale[4];  // each column's scale twice (float16 bits), where fragments are scaled
   uint2 scales;  // the columns' scales (float16 bits), where the sums are scaled
   int stage;     // the step's stage in the ring
