@@ -101,12 +101,14 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
 
-// plan: in, tokens and splits to force (0: choose); out, tokens, splits, steps_per_split.
+// plan: in, tokens, splits to force (0: choose) and gather_in_kernel; out, tokens, splits,
+// steps_per_split.
 extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
                               const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
                               const void* scales, void* out, float* workspace, int32_t* counters,
                               int M, int K, int N, int group_size, int num_sms, int64_t capacity,
                               int* plan) {
+  const bool gather_in_kernel = plan[2] != 0;
   auto p = problem(x, stride_m, stride_k, perm, qweight, qzeros, scales, out, workspace,
                    counters, M, K, N, group_size, 4, 0);
   p.tokens = plan[0];
@@ -114,11 +116,17 @@ extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
   ferrule_gemv::plan_wgmma(p, num_sms, capacity);
   plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split;
   if (workspace == nullptr) return 0;
-  // As the binding: act-order layers gather x first, and x that TMA cannot read is copied.
+  // As the binding: act-order layers gather x first (or, up to kWgmmaGatherRows rows with
+  // gather_in_kernel, in the kernel), and x that TMA cannot read is copied.
   const bool readable = p.x_stride_k == 1 && p.x_stride_m >= p.K && p.x_stride_m % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+  const bool in_kernel = gather_in_kernel && perm != nullptr &&
+                         M <= ferrule_gemv::kWgmmaGatherRows &&
+                         reinterpret_cast<uintptr_t>(perm) % 16 == 0;
   std::vector<uint16_t> gathered;
-  if ((perm != nullptr || !readable) && !gather_first(p, gathered, true, num_sms)) return 1;
+  if (!in_kernel && (perm != nullptr || !readable) && !gather_first(p, gathered, true, num_sms)) {
+    return 1;
+  }
   return static_cast<int>(ferrule_gemv::launch_wgmma(p, nullptr));
 }
 """
@@ -233,12 +241,14 @@ def emulated_mma(emulator):
 
 @pytest.fixture
 def emulated_wgmma(emulator):
-    """``run(layer, x, tokens=0, splits=0, plan_only=False)``: ``(out, plan)`` of the emulated
-    cuda-gptq-wgmma, plan = ``(tokens, splits, steps_per_split)``."""
+    """``run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False)``:
+    ``(out, plan)`` of the emulated cuda-gptq-wgmma, plan = ``(tokens, splits,
+    steps_per_split)``."""
 
-    def run(layer, x, tokens=0, splits=0, plan_only=False):
+    def run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False):
+        forced = (tokens, splits, int(gather_in_kernel))
         return run_emulated(
-            emulator.emulated_wgmma, layer, x, layer.input_perm, (tokens, splits), 3, 1, plan_only
+            emulator.emulated_wgmma, layer, x, layer.input_perm, forced, 3, 1, plan_only
         )
 
     return run

@@ -58,6 +58,20 @@ def test_forced_tiles_and_split_k(emulated_wgmma, sorted_layer, tokens, splits, 
     assert plan[0] == tokens and plan[1] == splits
 
 
+@pytest.mark.parametrize(
+    ("rows", "tokens", "splits"),
+    [(1, 0, 0), (3, 0, 1), (4, 16, 2), (4, 32, 1), (2, 64, 3), (5, 0, 0)],
+)
+def test_gather_in_kernel(emulated_wgmma, sorted_layer, rows, tokens, splits):
+    """Act-order rows up to 4 gathered by the producer warps (the tile's rows past M zeroed,
+    rings of 6 to 10 stages gone round: 20 steps); 5 rows gather first as ever."""
+    layer = sorted_layer(1280, 160, 128, True, False, seed=rows)
+    wide = torch.randn(rows, 2 * 1280, generator=torch.Generator().manual_seed(rows)).half()
+    for x in (wide[:, :1280].contiguous(), wide[:, ::2]):  # x of any strides
+        plan = check(emulated_wgmma, layer, x, tokens=tokens, splits=splits, gather_in_kernel=True)
+        assert tokens == 0 or plan[0] == tokens
+
+
 def test_strided_and_large_inputs(emulated_wgmma, sorted_layer):
     layer = sorted_layer(256, 128, 128, False, False)
     wide = torch.randn(17, 512).half()

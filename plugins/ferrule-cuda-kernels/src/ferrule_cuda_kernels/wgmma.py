@@ -30,9 +30,12 @@ class CudaGptqWgmma(CudaGptqGemv):
         # 0: the kernel's plan chooses; benchmarks may force them.
         self.tokens = 0
         self.splits = 0
+        # Act-order rows up to 4: the kernel's producer warps gather x through perm themselves
+        # instead of a gather kernel first. Off until measured on a GPU (issue 6's notes).
+        self.gather_in_kernel = False
 
     def _launch(self, rows: Tensor, scales: Tensor) -> Tensor:
         return self.module.gptq_wgmma(
             rows, self.perm, self.qweight, self.qzeros, scales, self.counters, self.group_size,
-            self.tokens, self.splits,
+            self.tokens, self.splits, self.gather_in_kernel,
         )  # fmt: skip

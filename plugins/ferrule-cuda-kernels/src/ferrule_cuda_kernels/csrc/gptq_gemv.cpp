@@ -196,13 +196,15 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
 }
 
 // y [M, N] = x [M, K] @ W with cuda-gptq-wgmma (float16, 4-bit, sm_90). Act-order layers gather
-// x[:, perm] first; x that TMA cannot read as it is (rows not contiguous in K, not 16-byte
-// aligned or not a multiple of 16 bytes apart) is copied first. tokens and splits force the
-// plan's choices (0: choose), for tuning.
+// x[:, perm] first, or with gather_in_kernel, up to kWgmmaGatherRows rows, in the kernel; x that
+// TMA cannot read as it is (rows not contiguous in K, not 16-byte aligned or not a multiple of
+// 16 bytes apart) is copied first. tokens and splits force the plan's choices (0: choose), for
+// tuning.
 torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
                          const torch::Tensor& qweight, const torch::Tensor& qzeros,
                          const torch::Tensor& scales, const torch::Tensor& counters,
-                         int64_t group_size, int64_t tokens, int64_t splits) {
+                         int64_t group_size, int64_t tokens, int64_t splits,
+                         bool gather_in_kernel) {
   auto p = problem_for("cuda-gptq-wgmma", x, perm, qweight, qzeros, scales, counters, 4,
                        group_size);
   TORCH_CHECK(!p.bf16, "cuda-gptq-wgmma: x must be float16, got ", x.scalar_type());
@@ -223,7 +225,11 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tens
   p.splits = static_cast<int>(splits);
   const bool readable = p.x_stride_k == 1 && p.x_stride_m >= p.K && p.x_stride_m % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  const torch::Tensor gathered = gather_first(p, x, /*always=*/!readable);
+  const bool in_kernel = gather_in_kernel && p.perm != nullptr &&
+                         p.M <= ferrule_gemv::kWgmmaGatherRows &&
+                         reinterpret_cast<uintptr_t>(p.perm) % 16 == 0;
+  torch::Tensor gathered;
+  if (!in_kernel) gathered = gather_first(p, x, /*always=*/!readable);
   return run(p, x, counters, ferrule_gemv::plan_wgmma, ferrule_gemv::launch_wgmma);
 }
 

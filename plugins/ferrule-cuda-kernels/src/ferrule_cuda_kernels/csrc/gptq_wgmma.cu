@@ -16,7 +16,9 @@
 // of it (byte_codes). Up to 32 rows the fragments stay q - z and the scale multiplies each
 // step's float32 sums, as in cuda-gptq-mma; from 64 rows it multiplies the fragments (HMUL2),
 // so the weight rounds once to float16, as a dequantize-then-matmul's. Act-order layers gather
-// x[:, perm] first (gather_rows); in-order ones read x as it is.
+// x[:, perm] first (gather_rows); in-order ones read x as it is. Opt-in (gather_in_kernel, up
+// to 4 rows, not yet measured on a GPU): the producer's warps 1-3 gather x's tiles through perm
+// themselves (gather_tiles), so no kernel runs before the product.
 //
 // (Until the tenth session each thread took a whole word, 8 rows, as cuda-gptq-mma does, and x
 // went first through a shuffle within each 32 rows into the order that gave: one more kernel,
@@ -449,6 +451,16 @@ __device__ __forceinline__ void consumers_sync() {
 #endif
 }
 
+// Orders this thread's shared-memory stores before the async proxy's reads (wgmma's), once
+// an mbarrier arrival publishes them.
+__device__ __forceinline__ void fence_async_shared() {
+#if FERRULE_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
 // Register budgets of the producer and the consumers (sm_90a's setmaxnreg): the consumers hold
 // the sums and two steps' fragments.
 template <bool kIncrease, int kRegisters>
@@ -501,6 +513,53 @@ using UnitFragments = uint32_t[2][kT][4];
 template <int TOKENS>
 constexpr bool kScaleSums = TOKENS <= 32;
 
+// gather_in_kernel: producer thread t (warps 1-3) gathers x[:, perm] into the x tiles of the
+// steps (step - step_begin) % 3 == t / 32 - 1 of [step_begin, step_end): lane l the 16-byte
+// chunk l % 8 (8 rows of K) of row l / 8, in the 128-byte swizzle the TMA box would have.
+// Each lane loads its 8 perm entries, waits for the stage to be
+// free, reads its 8 values of x (L2-resident: one round trip), stores, fences for the async
+// proxy and arrives; in a stage's first round it also zeroes the tile's rows past M (TMA's box
+// would). Three warps keep three steps in flight. For up to 4 rows (kWgmmaGatherRows, one
+// chunk a lane); each column block repeats the gather.
+template <int TOKENS, typename Empty, typename Full>
+__device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh, int t, int row0,
+                                             int step_begin, int step_end, Empty empty,
+                                             Full full) {
+  constexpr int S = kStages<TOKENS>;
+  const int lane = t & 31;
+  const int row = lane >> 3;
+  const int chunk = lane & 7;
+  const int valid = min(TOKENS, p.M - row0);  // rows of the tile that exist
+  const int swizzled = row * 128 + ((chunk ^ (row & 7)) << 4);
+  const __half* const x = static_cast<const __half*>(p.x) +
+                          static_cast<int64_t>(row0 + min(row, valid - 1)) * p.x_stride_m;
+  const int4* const perm = reinterpret_cast<const int4*>(p.perm);
+  common::wait_for_inputs();  // x may be the previous kernel's output
+  for (int step = step_begin + (t >> 5) - 1; step < step_end; step += 3) {
+    const int n = step - step_begin;
+    const int stage = n % S;
+    const int round = n / S;
+    int4 a = make_int4(0, 0, 0, 0), b = a;
+    if (row < valid) {
+      a = __ldg(perm + 16 * step + 2 * chunk);  // perm[64 step + 8 chunk ..]
+      b = __ldg(perm + 16 * step + 2 * chunk + 1);
+    }
+    if (round > 0) barrier_wait(sh, empty(stage), static_cast<uint32_t>(round - 1) & 1u);
+    char* const tile = sh.base + stage * kStageBytes<TOKENS>;
+    if (round == 0) {  // rows past M: zeros, as TMA's box would have (never written again)
+      for (int i = lane; i < (TOKENS - valid) * 8; i += 32) {
+        *reinterpret_cast<uint4*>(tile + (valid + i / 8) * 128 + ((i % 8) << 4)) =
+            make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+    if (row < valid) {
+      *reinterpret_cast<uint4*>(tile + swizzled) = common::gather8(x, p.x_stride_k, a, b);
+    }
+    fence_async_shared();
+    barrier_arrive(sh, full(stage));
+  }
+}
+
 template <int TOKENS>
 __global__ void __launch_bounds__(kThreads, 1)
     gptq_wgmma_kernel(const __grid_constant__ Problem p, const __grid_constant__ Maps maps) {
@@ -537,9 +596,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int step_end = min(step_begin + p.units_per_split, steps);
   const int splits = gridDim.y;
 
+  // With p.perm (gather_in_kernel: a few act-order rows) producer warps 1-3 gather x's tiles
+  // themselves, a warp a step, and its 32 lanes arrive on the full barrier besides the thread
+  // that expects the TMA bytes.
+  const bool gathers = p.perm != nullptr;
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
-      barrier_init(sh, full(s), 1);
+      barrier_init(sh, full(s), gathers ? 1 + 32 : 1);
       barrier_init(sh, empty(s), 128 * kConsumers);
     }
   }
@@ -569,14 +632,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       auto load_weight = [&](int step, int stage) {
         const int base = stage * kStageBytes<TOKENS>;
         const int bar = full(stage);
-        barrier_expect(sh, bar, kStageTx<TOKENS>);
+        barrier_expect(sh, bar, kStageTx<TOKENS> - (gathers ? kXBytes<TOKENS> : 0));
         tma_load(sh, base + kXBytes<TOKENS>, maps.words, 0, step * 8, col0 / kWordBox, bar);
         const int group = static_cast<int>(common::group_of(p, step * kStepRows));
         tma_load(sh, base + kScales, maps.scales, col0, group, bar);
         tma_load(sh, base + kScales + kScaleBytes<TOKENS>, maps.zeros, col0 / 8, group, bar);
       };
       auto load_x = [&](int step, int stage) {
-        tma_load(sh, stage * kStageBytes<TOKENS>, maps.x, step * kStepRows, row0, full(stage));
+        if (!gathers) tma_load(sh, stage * kStageBytes<TOKENS>, maps.x, step * kStepRows, row0, full(stage));
       };
       // The first round of the ring's weights goes out before x is ready (no kernel writes
       // the weight), while the previous kernel on the stream finishes.
@@ -595,6 +658,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           phase ^= 1u;
         }
       }
+    } else if (gathers && t >= 32) {
+      gather_tiles<TOKENS>(p, sh, t, row0, step_begin, step_end, empty, full);
     }
     common::release_dependents();
   } else {
@@ -900,7 +965,10 @@ cudaError_t make_map(TensorMap& map, const void* base, bool is_f16, uint64_t dim
 cudaError_t make_maps(const Problem& p, int tokens, Maps& maps) {
   const int block_cols = block_cols_for(tokens);
   const uint64_t groups = (static_cast<uint64_t>(p.K) + p.group_size - 1) / p.group_size;
-  cudaError_t e = make_map(maps.x, p.x, true, p.K, p.M, 2ull * p.x_stride_m, kStepRows, tokens, true);
+  // With perm the producer gathers x itself (gather_tiles): no map, and x may have any strides.
+  cudaError_t e = p.perm != nullptr ? cudaSuccess
+                                    : make_map(maps.x, p.x, true, p.K, p.M, 2ull * p.x_stride_m,
+                                               kStepRows, tokens, true);
   if (e == cudaSuccess) {
     // The step's words in one box: 32 columns (128 bytes) by 8 word rows by the block's
     // block_cols / 32 column chunks (128 bytes apart), landing chunk after chunk.
@@ -926,7 +994,7 @@ struct Kernel {
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     static const cudaError_t allowed = common::allow_shared(kKernel, kSharedBytes<TOKENS>);
     if (allowed != cudaSuccess) return allowed;
-    Maps maps;
+    Maps maps{};
     const cudaError_t made = make_maps(p, TOKENS, maps);
     if (made != cudaSuccess) return made;
     const dim3 grid((p.N + kBlockCols<TOKENS> - 1) / kBlockCols<TOKENS>, p.splits,
