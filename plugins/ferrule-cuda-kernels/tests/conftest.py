@@ -116,15 +116,11 @@ extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
   ferrule_gemv::plan_wgmma(p, num_sms, capacity);
   plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split;
   if (workspace == nullptr) return 0;
-  // As the binding: act-order layers gather x first (or, up to kWgmmaGatherRows rows with
-  // gather_in_kernel, in the kernel), and x that TMA cannot read is copied.
-  const bool readable = p.x_stride_k == 1 && p.x_stride_m >= p.K && p.x_stride_m % 8 == 0 &&
-                        reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  const bool in_kernel = gather_in_kernel && perm != nullptr &&
-                         M <= ferrule_gemv::kWgmmaGatherRows &&
-                         reinterpret_cast<uintptr_t>(perm) % 16 == 0;
+  // As the binding: act-order layers gather x first (or, with gather_in_kernel, in the kernel),
+  // and x that TMA cannot read is copied.
   std::vector<uint16_t> gathered;
-  if (!in_kernel && (perm != nullptr || !readable) && !gather_first(p, gathered, true, num_sms)) {
+  if (ferrule_gemv::wgmma_gathers_first(p, gather_in_kernel) &&
+      !gather_first(p, gathered, true, num_sms)) {
     return 1;
   }
   return static_cast<int>(ferrule_gemv::launch_wgmma(p, nullptr));

@@ -1,4 +1,4 @@
-"""``cuda-gptq-wgmma``: a CUDA C++ kernel on Hopper's warpgroup MMA for 3+ rows (by layer shape).
+"""``cuda-gptq-wgmma``: a CUDA C++ kernel on Hopper's warpgroup MMA for 3+ rows.
 
 ``y = x[..., input_perm] @ W_sorted`` for 4-bit layers and float16 activations on sm_90,
 reading ``qweight``, ``qzeros`` and ``scales`` as the layer holds them, like

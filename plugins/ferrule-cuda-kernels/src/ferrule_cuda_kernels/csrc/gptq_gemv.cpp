@@ -196,9 +196,8 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
 }
 
 // y [M, N] = x [M, K] @ W with cuda-gptq-wgmma (float16, 4-bit, sm_90). Act-order layers gather
-// x[:, perm] first, or with gather_in_kernel, up to kWgmmaGatherRows rows, in the kernel; x that
-// TMA cannot read as it is (rows not contiguous in K, not 16-byte aligned or not a multiple of
-// 16 bytes apart) is copied first. tokens and splits force the plan's choices (0: choose), for
+// x[:, perm] first, or with gather_in_kernel (up to 4 rows) in the kernel; x that TMA cannot
+// read as it is is copied first (wgmma_gathers_first). tokens and splits force the plan's choices (0: choose), for
 // tuning.
 torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
                          const torch::Tensor& qweight, const torch::Tensor& qzeros,
@@ -223,13 +222,10 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tens
   }
   p.tokens = static_cast<int>(tokens);
   p.splits = static_cast<int>(splits);
-  const bool readable = p.x_stride_k == 1 && p.x_stride_m >= p.K && p.x_stride_m % 8 == 0 &&
-                        reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  const bool in_kernel = gather_in_kernel && p.perm != nullptr &&
-                         p.M <= ferrule_gemv::kWgmmaGatherRows &&
-                         reinterpret_cast<uintptr_t>(p.perm) % 16 == 0;
   torch::Tensor gathered;
-  if (!in_kernel) gathered = gather_first(p, x, /*always=*/!readable);
+  if (ferrule_gemv::wgmma_gathers_first(p, gather_in_kernel)) {
+    gathered = gather_first(p, x, /*always=*/true);
+  }
   return run(p, x, counters, ferrule_gemv::plan_wgmma, ferrule_gemv::launch_wgmma);
 }
 

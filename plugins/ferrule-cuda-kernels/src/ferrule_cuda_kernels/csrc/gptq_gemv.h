@@ -75,15 +75,18 @@ cudaError_t launch_mma(const Problem& p, cudaStream_t stream);
 // gather x once before launch_mma, which then reads `out` without perm. num_sms sizes the grid.
 cudaError_t gather_rows(const Problem& p, void* out, int num_sms, cudaStream_t stream);
 
-// cuda-gptq-wgmma (gptq_wgmma.cu): float16 x without perm (act-order layers gather it first
-// with gather_rows), its rows contiguous in K, 16-byte aligned and a multiple of 16 bytes apart;
-// or, up to kWgmmaGatherRows rows, with a 16-byte aligned perm, which the kernel's producer
-// warps gather through themselves (gather_in_kernel; x of any strides);
-// 4-bit codes, K a multiple of 64, N of 32 and groups of a multiple of 64 rows, 16-byte aligned
-// tensors (TMA), Hopper's wgmma (sm_90a). Chooses group_shift, tokens (unless set: 16, 32, 64,
-// 128 or 256), splits (unless set) and units_per_split (steps of 64 rows of K a split).
+// cuda-gptq-wgmma (gptq_wgmma.cu): float16 x without perm, its rows contiguous in K, 16-byte
+// aligned and a multiple of 16 bytes apart; or, with gather_in_kernel for up to 4 rows, with a
+// 16-byte aligned perm, which the kernel's producer warps gather through themselves (x of any
+// strides); 4-bit codes, K a multiple of 64, N of 32 and groups of a multiple of 64 rows,
+// 16-byte aligned tensors (TMA), Hopper's wgmma (sm_90a). Chooses group_shift, tokens (unless
+// set: 16, 32, 64, 128 or 256), splits (unless set) and units_per_split (steps of 64 rows of K
+// a split).
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity);
-constexpr int kWgmmaGatherRows = 4;
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream);
+// Whether cuda-gptq-wgmma's caller should run gather_rows first (x[:, perm], or without perm a
+// contiguous copy) and launch without perm: act-order rows unless the kernel gathers them
+// (gather_in_kernel, up to 4 rows, perm 16-byte aligned), and x that TMA cannot read as it is.
+bool wgmma_gathers_first(const Problem& p, bool gather_in_kernel);
 
 }  // namespace ferrule_gemv

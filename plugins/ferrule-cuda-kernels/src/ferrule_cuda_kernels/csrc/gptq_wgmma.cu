@@ -1,8 +1,6 @@
 // cuda-gptq-wgmma: y = x @ W for float16 x and a GPTQ 4-bit weight on Hopper's warpgroup MMA
-// (wgmma, sm_90a). Selected by layer shape (plugin.py's wgmma_rows): from 3 rows on layers of
-// 8,192 outputs and more, from 9 on layers of 8,192 inputs and more, from 256 on the rest,
-// where it beat cuda-gptq-mma and triton-gptq on the Llama-3 layers measured on an H100
-// (docs/benchmarks.md).
+// (wgmma, sm_90a). Selected from 3 rows, where it matched or beat cuda-gptq-mma and
+// triton-gptq on every Llama-3 layer measured on an H100 (docs/benchmarks.md).
 //
 // The product runs transposed, out^T = W^T x^T, as in cuda-gptq-mma: the weight is the A
 // operand and comes from registers, where each thread dequantizes packed words, and x is the B
@@ -519,8 +517,8 @@ constexpr bool kScaleSums = TOKENS <= 32;
 // Each lane loads its 8 perm entries, waits for the stage to be
 // free, reads its 8 values of x (L2-resident: one round trip), stores, fences for the async
 // proxy and arrives; in a stage's first round it also zeroes the tile's rows past M (TMA's box
-// would). Three warps keep three steps in flight. For up to 4 rows (kWgmmaGatherRows, one
-// chunk a lane); each column block repeats the gather.
+// would). Three warps keep three steps in flight. For up to 4 rows (wgmma_gathers_first's
+// kWgmmaGatherRows, one chunk a lane); each column block repeats the gather.
 template <int TOKENS, typename Empty, typename Full>
 __device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh, int t, int row0,
                                              int step_begin, int step_end, Empty empty,
@@ -1017,10 +1015,26 @@ auto dispatch(const Problem& p, F&& f) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Blocks of `tokens`-row tiles the GPU holds at once, and p's tiles of that many rows.
+int64_t resident_for(const Problem& p, int tokens, int num_sms) {
+  Problem q = p;
+  q.tokens = tokens;
+  return static_cast<int64_t>(num_sms) * dispatch(q, [](auto k) { return decltype(k)::occupancy(); });
+}
+
+int64_t tiles_for(const Problem& p, int tokens) {
+  return ceil_div(p.N, block_cols_for(tokens)) * ceil_div(p.M, tokens);
+}
+
+// Act-order rows up to this many may be gathered by the kernel's producer warps (gather_tiles:
+// one 16-byte chunk of a tile a lane).
+constexpr int kWgmmaGatherRows = 4;
+
 }  // namespace
 
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   plan_groups(p);
+  const int64_t steps = p.K / kStepRows;
   if (p.tokens != 16 && p.tokens != 32 && p.tokens != 64 && p.tokens != 128 && p.tokens != 256) {
     p.tokens = p.M <= 16 ? 16 : p.M <= 32 ? 32 : 64;
     // The largest tile of rows that pads no more than M needs and gives most of a wave alone
@@ -1032,13 +1046,9 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
     const int64_t fill = (num_sms * 3) / 4;
     for (const int tokens : {128, 256}) {
       if (tokens > 2 * p.M - 1 && tokens > 64) break;  // no tile past the next power of two
-      Problem q = p;
-      q.tokens = tokens;
-      const int64_t resident = static_cast<int64_t>(num_sms) *
-                               dispatch(q, [](auto k) { return decltype(k)::occupancy(); });
-      const int64_t tiles = ceil_div(p.N, block_cols_for(tokens)) * ceil_div(p.M, tokens);
-      const int64_t long_splits =
-          std::max<int64_t>(1, std::min(resident / tiles, (p.K / kStepRows) / kLongSplit));
+      const int64_t tiles = tiles_for(p, tokens);
+      const int64_t long_splits = std::max<int64_t>(
+          1, std::min(resident_for(p, tokens, num_sms) / tiles, steps / kLongSplit));
       const bool long_k = p.K >= 8192;
       if (tiles >= fill || (long_k && (tiles >= 48 || tiles * long_splits >= fill))) {
         p.tokens = tokens;
@@ -1050,14 +1060,10 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
     // tiles and 8 (H100).
     constexpr int64_t kShortSplit = 16;
     if (p.tokens == 64) {
-      const int64_t steps = p.K / kStepRows;
       auto filled = [&](int tokens, int64_t shortest) {
-        Problem q = p;
-        q.tokens = tokens;
-        const int64_t resident = static_cast<int64_t>(num_sms) *
-                                 dispatch(q, [](auto k) { return decltype(k)::occupancy(); });
-        const int64_t tiles = ceil_div(p.N, block_cols_for(tokens)) * ceil_div(p.M, tokens);
-        const int64_t splits = std::max<int64_t>(1, std::min(resident / tiles, steps / shortest));
+        const int64_t tiles = tiles_for(p, tokens);
+        const int64_t splits = std::max<int64_t>(
+            1, std::min(resident_for(p, tokens, num_sms) / tiles, steps / shortest));
         return std::make_pair(tiles * splits, steps / splits);
       };
       const auto [blocks, run] = filled(64, kMinStepsPerSplit);
@@ -1065,19 +1071,27 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
     }
   }
   p.loads = 2;
-  const int64_t steps = p.K / kStepRows;
-  const int64_t tiles = ceil_div(p.N, block_cols_for(p.tokens)) * ceil_div(p.M, p.tokens);
+  const int64_t tiles = tiles_for(p, p.tokens);
   int64_t splits = p.splits;
   if (splits <= 0) {
-    const int64_t resident =
-        static_cast<int64_t>(num_sms) * dispatch(p, [](auto k) { return decltype(k)::occupancy(); });
-    splits = std::min(resident / tiles, steps / kMinStepsPerSplit);
+    splits = std::min(resident_for(p, p.tokens, num_sms) / tiles, steps / kMinStepsPerSplit);
   }
   if (tiles > counter_capacity) splits = 1;
   splits = std::max<int64_t>(1, std::min(splits, steps));
   const int64_t per_split = ceil_div(steps, splits);
   p.units_per_split = static_cast<int>(per_split);  // steps of 64 rows here
   p.splits = static_cast<int>(ceil_div(steps, per_split));
+}
+
+bool wgmma_gathers_first(const Problem& p, bool gather_in_kernel) {
+  if (p.perm != nullptr) {
+    return !(gather_in_kernel && p.M <= kWgmmaGatherRows &&
+             reinterpret_cast<uintptr_t>(p.perm) % 16 == 0);
+  }
+  // x that TMA cannot read as it is: rows not contiguous in K, not 16-byte aligned or not a
+  // multiple of 16 bytes apart.
+  return !(p.x_stride_k == 1 && p.x_stride_m >= p.K && p.x_stride_m % 8 == 0 &&
+           reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
 }
 
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream) {
