@@ -62,13 +62,15 @@ def test_views_of_wider_inputs(kernel_layer, desc_act):
         assert err < TOLERANCE["float16"], (x.stride(), x.storage_offset(), err)
 
 
-def test_gather_in_kernel(kernel_layer, forced_plans, graph_replay_errors):
-    """Act-order rows up to 4 gathered by the kernel's producer warps (opt-in), forced plans and
-    a graph replay; 5 rows gather first as ever."""
+@pytest.mark.parametrize("gather_in_kernel", [True, False])
+def test_gather_in_kernel(kernel_layer, forced_plans, graph_replay_errors, gather_in_kernel):
+    """Act-order rows up to 4 gathered by the kernel's producer warps (the default) or by a
+    gather kernel first, forced plans and a graph replay; 5 rows gather first either way."""
     layer = kernel_layer("cuda-gptq-wgmma", 4096, 992, 128, desc_act=True)
     with torch.no_grad():
         layer(torch.randn(4, 4096, dtype=torch.float16, device="cuda"))
-    layer._kernel.gather_in_kernel = True
+    assert layer._kernel.gather_in_kernel  # the default
+    layer._kernel.gather_in_kernel = gather_in_kernel
     forced_plans(layer, (1, 3, 4, 5), ((0, 0), (16, 1), (32, 3)), ("tokens", "splits"))
     errors = graph_replay_errors(layer, 4)
     assert max(errors) < TOLERANCE["float16"], errors

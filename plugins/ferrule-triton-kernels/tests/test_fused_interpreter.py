@@ -48,6 +48,29 @@ def test_rms_norm_with_and_without_residual(dtype, cols):
     assert x.shape == (5, cols) and not torch.equal(summed, x), "inputs are left alone"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_emits_features_in_output_order(dtype):
+    """A folded act-order permutation: the output is norm(x)[:, output_order]."""
+    from ferrule_triton_kernels.fused_norm import TritonRMSNorm
+
+    dtype = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(7)
+    cols = 96
+    x = torch.randn(4, cols, generator=gen).to(DEVICE, dtype)
+    residual = torch.randn(4, cols, generator=gen).to(DEVICE, dtype)
+    order = torch.randperm(cols, generator=gen)
+    weight = (1 + torch.rand(cols, generator=gen)).to(DEVICE, dtype)
+    layer = SimpleNamespace(weight=weight, eps=1e-6, output_order=order.int().to(DEVICE))
+    kernel = TritonRMSNorm(layer)
+    assert kernel.handles_output_order
+    expected = _rms_reference(x, weight, 1e-6)[:, order]
+    assert _relative(kernel.forward(x), expected) < TOLERANCE[str(dtype)[6:]]
+    out, summed = kernel.forward(x, residual)
+    assert torch.equal(summed, x + residual), "the residual sum stays in order"
+    expected = _rms_reference(summed, weight, 1e-6)[:, order]
+    assert _relative(out, expected) < TOLERANCE[str(dtype)[6:]]
+
+
 def test_rms_norm_keeps_leading_shape_and_empty_batches():
     from ferrule_triton_kernels.fused_norm import TritonRMSNorm
 

@@ -16,6 +16,13 @@ A kernel that declares ``sorted_groups`` gets the layer with its rows sorted by 
 reads, and every kernel computes ``x[..., input_perm] @ W_sorted`` (kernels that set
 ``handles_input_perm`` gather ``x`` themselves; for the others the layer does). The layer's
 ``state_dict`` and :meth:`dequantize_weight` always give the original row order.
+
+A model whose previous operation can emit its output permuted (a norm, another linear layer's
+output features) folds an act-order layer's permutation into it once, at load:
+:meth:`QuantLinear.input_order` is the order in which the layer's inputs would put its groups
+in sequence, :meth:`QuantLinear.permute_inputs` makes the layer take its input in that order
+(it is then an in-order layer, nothing to gather), and :meth:`QuantLinear.permute_outputs`
+makes a producer layer emit its features in a given order.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from ferrule_core.format import (
     default_g_idx,
     dequantize,
     num_groups,
+    pack_cols,
     pack_rows,
+    unpack_cols,
     unpack_rows,
 )
 from ferrule_core.format.grid import pack, quantize_rtn
@@ -258,6 +267,53 @@ class QuantLinear(nn.Module):
             self.g_idx.copy_(self.g_idx.index_select(0, order))
         self.input_perm = order.to(torch.int32)
 
+    def input_order(self) -> torch.Tensor | None:
+        """For an act-order layer, the input order that puts its groups in sequence (the
+        stable argsort of ``g_idx``); ``None`` for a layer already in order or already sorted
+        for a kernel. A model that feeds the layer ``x[..., order]`` calls
+        :meth:`permute_inputs` with it, and the layer runs as an in-order one."""
+        if self.input_perm is not None:
+            return None
+        g_idx = self.g_idx.long()
+        if bool((g_idx[1:] >= g_idx[:-1]).all()):
+            return None
+        return torch.argsort(g_idx, stable=True)
+
+    @torch.no_grad()
+    def permute_inputs(self, order: torch.Tensor) -> None:
+        """From now on take ``x[..., order]`` where ``x`` was taken: the stored rows are permuted
+        to match, so the outputs are unchanged. With :meth:`input_order`'s order ``g_idx``
+        becomes non-decreasing; where it is then GPTQ's in-order assignment, ``desc_act`` is
+        cleared, so any kernel may serve the layer."""
+        order = _check_order(order, self.in_features, "permute_inputs", "in_features")
+        if self.input_perm is not None:
+            raise ValueError(
+                "permute_inputs: the layer's rows are already sorted for a kernel "
+                "(input_perm is set); permute before the first forward"
+            )
+        order = order.to(self.qweight.device)
+        codes = unpack_rows(self.qweight, self.bits)
+        self.qweight.copy_(pack_rows(codes.index_select(0, order), self.bits))
+        self.g_idx.copy_(self.g_idx.index_select(0, order))
+        in_order = default_g_idx(self.in_features, self.group_size, device=self.g_idx.device)
+        if torch.equal(self.g_idx.long(), in_order.long()):
+            self.desc_act = False
+        self._forget_kernel()
+
+    @torch.no_grad()
+    def permute_outputs(self, order: torch.Tensor) -> None:
+        """From now on compute ``forward(x)[..., order]``: the output features' columns of
+        ``qweight``, ``scales``, ``qzeros`` and ``bias`` are permuted."""
+        order = _check_order(order, self.out_features, "permute_outputs", "out_features")
+        order = order.to(self.qweight.device)
+        self.qweight.copy_(self.qweight.index_select(1, order))
+        self.scales.copy_(self.scales.index_select(1, order))
+        zeros = unpack_cols(self.qzeros, self.bits).index_select(1, order)
+        self.qzeros.copy_(pack_cols(zeros, self.bits))
+        if self.bias is not None:
+            self.bias.copy_(self.bias.index_select(0, order))
+        self._forget_kernel()
+
     def _original_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``qweight`` and ``g_idx`` in the checkpoint's row order."""
         if self.input_perm is None:
@@ -305,6 +361,14 @@ class QuantLinear(nn.Module):
             f"group_size={self.group_size}, desc_act={self.desc_act}, sym={self.sym}, "
             f"bias={self.bias is not None}, kernel={kernel}"
         )
+
+
+def _check_order(order: torch.Tensor, size: int, where: str, what: str) -> torch.Tensor:
+    """``order`` as int64 after checking it is a permutation of ``range(size)``."""
+    order = order.long().flatten()
+    if order.numel() != size or not torch.equal(torch.sort(order.cpu()).values, torch.arange(size)):
+        raise ValueError(f"{where}: order must be a permutation of range({what}={size})")
+    return order
 
 
 def platform_of(device: torch.device) -> str:

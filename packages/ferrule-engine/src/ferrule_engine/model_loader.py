@@ -113,6 +113,7 @@ def load_engine_model(
         model.load_weights(tensors.items())
     model.to(device)
     model.merge_projections()
+    model.fold_input_orders()
     model.eval()
     logger.info(
         "loaded %s (%s, %s%s) on %s",

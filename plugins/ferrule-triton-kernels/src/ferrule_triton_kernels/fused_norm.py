@@ -5,6 +5,13 @@ the activation dtype, as ``x + residual`` in torch is, stores the sum as the new
 and writes ``weight * (sum * rsqrt(mean(sum**2) + eps))`` with the mean in float32 and the
 normalised value rounded to the activation dtype before the weight multiplies it, as
 transformers' ``LlamaRMSNorm`` does. In torch ops this is about seven launches.
+
+A layer with an ``output_order`` (set when a model folds the next act-order layer's
+permutation into the norm) has its normalised row permuted in the program (``tl.gather``
+through shared memory) before the store, which stays contiguous: the permuted output costs
+no launch of its own. (Storing through the inverse permutation instead, 2-byte scattered
+stores, left an act-order Llama-3-8B 4-8% slower than an in-order one in offline throughput
+on an H100; with the gather, within 2.5% either way.)
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ def _rms_norm_kernel(
     x_ptr,
     res_ptr,
     w_ptr,
+    order_ptr,
     out_ptr,
     res_out_ptr,
     n_cols,
@@ -28,6 +36,7 @@ def _rms_norm_kernel(
     stride_res_out,
     eps,
     HAS_RESIDUAL: tl.constexpr,
+    ORDERED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -43,11 +52,16 @@ def _rms_norm_kernel(
     normed = (xf * tl.rsqrt(mean_square + eps)).to(x.dtype)
     weight = tl.load(w_ptr + cols, mask=mask, other=0.0)
     out = weight.to(tl.float32) * normed.to(tl.float32)
+    if ORDERED:
+        out = tl.gather(out, tl.load(order_ptr + cols, mask=mask, other=0), 0)
     tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 class TritonRMSNorm:
-    """The kernel object for one ``RMSNorm`` layer (``weight``, ``eps``)."""
+    """The kernel object for one ``RMSNorm`` layer (``weight``, ``eps``, optional
+    ``output_order``)."""
+
+    handles_output_order = True
 
     def __init__(self, layer: torch.nn.Module):
         self.layer = layer
@@ -69,6 +83,7 @@ class TritonRMSNorm:
             res_out = torch.empty_like(rows2d)
         else:
             res2d = res_out = rows2d  # unused: HAS_RESIDUAL is False
+        order = getattr(self.layer, "output_order", None)
         block = triton.next_power_of_2(cols)
         warps = min(max(block // 512, 1), 16)
         if rows2d.shape[0]:
@@ -76,6 +91,7 @@ class TritonRMSNorm:
                 rows2d,
                 res2d,
                 weight,
+                weight if order is None else order,
                 out,
                 res_out,
                 cols,
@@ -85,6 +101,7 @@ class TritonRMSNorm:
                 res_out.stride(0),
                 float(self.layer.eps),
                 HAS_RESIDUAL=residual is not None,
+                ORDERED=order is not None,
                 BLOCK=block,
                 num_warps=warps,
             )

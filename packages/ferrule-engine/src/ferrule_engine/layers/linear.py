@@ -76,6 +76,22 @@ class DenseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(self, x)
 
+    @torch.no_grad()
+    def permute_outputs(self, order: torch.Tensor) -> None:
+        """From now on compute ``forward(x)[..., order]`` (``order``: a permutation of the
+        output features), as ``QuantLinear.permute_outputs`` does for GPTQ layers."""
+        order = order.long().flatten().to(self.weight.device)
+        arange = torch.arange(self.out_features, device=order.device)
+        if order.numel() != self.out_features or not torch.equal(order.sort().values, arange):
+            raise ValueError(
+                f"permute_outputs: order must be a permutation of "
+                f"range(out_features={self.out_features})"
+            )
+        self.weight.copy_(self.weight.index_select(0, order))
+        if self.bias is not None:
+            self.bias.copy_(self.bias.index_select(0, order))
+        self.dense.forget()
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "

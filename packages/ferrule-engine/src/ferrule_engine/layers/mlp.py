@@ -8,6 +8,8 @@ Once gate and up are merged (:meth:`GatedMLP.merge_projections`), an ``activatio
 from the registry (:mod:`.fused`; asked with ``activation=hidden_act``) may compute
 ``act(gate) * up`` from the merged ``[gate | up]`` output in one launch instead of two;
 when none accepts (on the CPU, for an activation no kernel fuses) torch's ops run.
+An act-order ``down_proj``'s permutation is folded into gate and up's output features
+(:meth:`GatedMLP.fold_input_orders`).
 """
 
 from __future__ import annotations
@@ -77,6 +79,19 @@ class GatedMLP(FusedModule):
         if merged is not None:
             self.gate_up_proj = merged
             del self.gate_proj, self.up_proj
+
+    def input_projections(self) -> list[nn.Module]:
+        """The layers that read the MLP's input: ``[gate_up_proj]`` once merged, else gate, up."""
+        if self.gate_up_proj is not None:
+            return [self.gate_up_proj]
+        return [self.gate_proj, self.up_proj]
+
+    def fold_input_orders(self) -> None:
+        """An act-order down_proj takes its input in order: gate and up emit it so (after
+        merging; see :mod:`ferrule_engine.layers.input_order`)."""
+        from ferrule_engine.layers.input_order import fold_into_outputs
+
+        fold_into_outputs(self.down_proj, self.input_projections())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` is ``[T, hidden]``; long batches run in slices of ``CHUNK_ROWS`` rows."""

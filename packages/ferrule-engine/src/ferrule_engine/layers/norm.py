@@ -4,6 +4,10 @@
 then ``weight * normed.to(input dtype)``. Given a ``residual`` it first adds it (the
 decoder's ``hidden + residual`` in the input dtype) and returns the normalised sum with the
 sum: the form a fused ``norm`` kernel (:mod:`.fused`) computes in one launch.
+A model may fold the next layer's input permutation into the norm
+(:meth:`RMSNorm.set_output_order`, see :mod:`.input_order`): it then returns its output
+features in that order, gathered within the row by a fused kernel that sets
+``handles_output_order`` (it reads ``output_order``), else by a gather after it.
 :class:`LayerNorm` is ``nn.LayerNorm``'s computation with parameters ``weight`` and ``bias``.
 """
 
@@ -30,6 +34,18 @@ class RMSNorm(FusedModule):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size, **_place(ctx)), requires_grad=False)
         self.fused = KernelDispatch("norm", ctx.registry if ctx is not None else None)
+        # Set by set_output_order (int32): the output is norm(x)[..., output_order].
+        self.register_buffer("output_order", None, persistent=False)
+
+    @torch.no_grad()
+    def set_output_order(self, order: torch.Tensor) -> None:
+        """Return ``norm(x)[..., order]`` from now on (the residual sum stays in order)."""
+        size = self.weight.numel()
+        order = order.long().flatten().to(self.weight.device)
+        arange = torch.arange(size, device=order.device)
+        if order.numel() != size or not torch.equal(torch.sort(order).values, arange):
+            raise ValueError(f"set_output_order: order must be a permutation of range({size})")
+        self.output_order = order.to(torch.int32)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
@@ -37,11 +53,19 @@ class RMSNorm(FusedModule):
         """``norm(x)``, or with ``residual`` the pair ``(norm(x + residual), x + residual)``."""
         kernel = self.fused.kernel(self, x)
         if kernel is not None:
-            return kernel.forward(x, residual)
-        if residual is not None:
+            out = kernel.forward(x, residual)
+            if self.output_order is None or getattr(kernel, "handles_output_order", False):
+                return out
+        elif residual is not None:
             x = x + residual
-            return self._norm(x), x
-        return self._norm(x)
+            out = self._norm(x), x
+        else:
+            out = self._norm(x)
+        if self.output_order is None:
+            return out
+        if residual is None:
+            return out.index_select(-1, self.output_order)
+        return out[0].index_select(-1, self.output_order), out[1]
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype

@@ -79,9 +79,18 @@ class EngineModel(nn.Module):
     def merge_projections(self) -> None:
         """Merge the layers that read the same input (q/k/v, gate/up) once the weights are
         loaded: every submodule with a ``merge_projections`` method does its own."""
+        self._each_submodule("merge_projections")
+
+    def fold_input_orders(self) -> None:
+        """Fold act-order layers' input permutations into the operations that feed them, once
+        loaded and merged (:mod:`ferrule_engine.layers.input_order`): every submodule with a
+        ``fold_input_orders`` method does its own."""
+        self._each_submodule("fold_input_orders")
+
+    def _each_submodule(self, method: str) -> None:
         for module in list(self.modules()):
-            if module is not self and hasattr(module, "merge_projections"):
-                module.merge_projections()
+            if module is not self and hasattr(module, method):
+                getattr(module, method)()
 
     def attention_layers(self) -> list[Attention]:
         """The attention layers in layer order (the order their KV caches are allocated in)."""

@@ -36,6 +36,7 @@ from ferrule_engine.layers import (
     VocabEmbedding,
     make_linear,
 )
+from ferrule_engine.layers.input_order import fold_into_norm
 from ferrule_engine.layers.merge import merge_linears
 from ferrule_engine.models.base import EngineModel
 
@@ -100,6 +101,12 @@ class LlamaLikeAttention(nn.Module):
             self.qkv_proj = merged
             del self.q_proj, self.k_proj, self.v_proj
 
+    def input_projections(self) -> list[nn.Module]:
+        """The layers that read the block's input: ``[qkv_proj]`` once merged, else q, k, v."""
+        if self.qkv_proj is not None:
+            return [self.qkv_proj]
+        return [self.q_proj, self.k_proj, self.v_proj]
+
     def forward(
         self,
         positions: torch.Tensor,
@@ -144,6 +151,13 @@ class LlamaLikeDecoderLayer(nn.Module):
             prefix=f"{prefix}.mlp",
             ctx=ctx,
         )
+
+    def fold_input_orders(self) -> None:
+        """Act-order q/k/v and gate/up take their inputs in order: the norms before them emit
+        them so (see :mod:`ferrule_engine.layers.input_order`)."""
+        fold_into_norm(self.input_layernorm, self.self_attn.input_projections())
+        if isinstance(self.mlp, GatedMLP):
+            fold_into_norm(self.post_attention_layernorm, self.mlp.input_projections())
 
     def forward(
         self,

@@ -158,6 +158,7 @@ class EngineModelConformance:
         model = self.engine_model_class(registry, config)(config, ctx)
         model.load_weights(weights.items())
         model.merge_projections()  # as the engine's loader does
+        model.fold_input_orders()
         return model.eval()
 
     def prompts(self, config: Any, lens: tuple[int, ...], seed: int = 1) -> list[list[int]]:
@@ -297,11 +298,17 @@ class EngineModelConformance:
         weights = dict(reference.state_dict())
         quantized = set()
         gen = torch.Generator().manual_seed(5)
+        orders: dict[tuple[str, int], torch.Tensor] = {}
         for index in range(config.num_hidden_layers):
             for sub in spec.quantized_modules:
                 prefix = f"{spec.blocks_path}.{index}.{sub}"
                 linear = reference.get_submodule(prefix)
-                tensors = _quantize(linear.weight.detach(), quant, gen)
+                # One act-order permutation for the layers that read the same input (q, k,
+                # v; gate, up), as quantizing them together gives, so they can be merged.
+                key = (prefix.rpartition(".")[0], linear.weight.shape[1])
+                if key not in orders:
+                    orders[key] = torch.randperm(linear.weight.shape[1], generator=gen)
+                tensors = _quantize(linear.weight.detach(), quant, orders[key])
                 with torch.no_grad():
                     linear.weight.copy_(
                         dequantize(
@@ -319,7 +326,10 @@ class EngineModelConformance:
         engine = self.engine_model(
             registry, config, weights, quant=quant, quantized=frozenset(quantized)
         )
-        assert sum(type(m).__name__ == "QuantLinear" for m in engine.modules()) == len(quantized)
+        # Every quantized layer is GPTQ in the engine (some merged: count output features).
+        gptq = [m for m in engine.modules() if type(m).__name__ == "QuantLinear"]
+        widths = sum(reference.get_submodule(p).weight.shape[0] for p in quantized)
+        assert sum(m.out_features for m in gptq) == widths
         prompts = self.prompts(config, self.prompt_lens)
         logits = self.run(engine).step([(str(i), p, len(p)) for i, p in enumerate(prompts)])
         for i, (prompt, got) in enumerate(zip(prompts, logits, strict=True)):
@@ -355,13 +365,13 @@ class EngineModelConformance:
 
 
 def _quantize(
-    weight: torch.Tensor, quant: QuantizeConfig, gen: torch.Generator
+    weight: torch.Tensor, quant: QuantizeConfig, order: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """RTN GPTQ tensors of ``weight`` (act-order groups when ``quant.desc_act``)."""
+    """RTN GPTQ tensors of ``weight`` (act-order groups through ``order`` when
+    ``quant.desc_act``)."""
     in_features = weight.shape[1]
     g_idx = None
     if quant.desc_act and quant.group_size != -1:
-        order = torch.randperm(in_features, generator=gen)
         g_idx = torch.empty(in_features, dtype=torch.int32)
         g_idx[order] = (torch.arange(in_features) // quant.group_size).to(torch.int32)
     quantized = quantize_rtn(weight, quant.bits, quant.group_size, quant.sym, g_idx)
