@@ -285,7 +285,7 @@ class QuantLinear(nn.Module):
         to match, so the outputs are unchanged. With :meth:`input_order`'s order ``g_idx``
         becomes non-decreasing; where it is then GPTQ's in-order assignment, ``desc_act`` is
         cleared, so any kernel may serve the layer."""
-        order = _check_order(order, self.in_features, "permute_inputs", "in_features")
+        order = check_permutation(order, self.in_features, "permute_inputs", "in_features")
         if self.input_perm is not None:
             raise ValueError(
                 "permute_inputs: the layer's rows are already sorted for a kernel "
@@ -304,7 +304,7 @@ class QuantLinear(nn.Module):
     def permute_outputs(self, order: torch.Tensor) -> None:
         """From now on compute ``forward(x)[..., order]``: the output features' columns of
         ``qweight``, ``scales``, ``qzeros`` and ``bias`` are permuted."""
-        order = _check_order(order, self.out_features, "permute_outputs", "out_features")
+        order = check_permutation(order, self.out_features, "permute_outputs", "out_features")
         order = order.to(self.qweight.device)
         self.qweight.copy_(self.qweight.index_select(1, order))
         self.scales.copy_(self.scales.index_select(1, order))
@@ -363,11 +363,13 @@ class QuantLinear(nn.Module):
         )
 
 
-def _check_order(order: torch.Tensor, size: int, where: str, what: str) -> torch.Tensor:
-    """``order`` as int64 after checking it is a permutation of ``range(size)``."""
+def check_permutation(order: torch.Tensor, size: int, where: str, what: str = "") -> torch.Tensor:
+    """``order`` flattened to int64 after checking that it is a permutation of ``range(size)``;
+    a ``ValueError`` naming ``where`` (and the size's name ``what``) otherwise."""
     order = order.long().flatten()
     if order.numel() != size or not torch.equal(torch.sort(order.cpu()).values, torch.arange(size)):
-        raise ValueError(f"{where}: order must be a permutation of range({what}={size})")
+        named = f"{what}={size}" if what else str(size)
+        raise ValueError(f"{where}: order must be a permutation of range({named})")
     return order
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ferrule_core.errors import ConfigError
-from ferrule_core.quant_linear import QuantLinear
+from ferrule_core.quant_linear import QuantLinear, check_permutation
 from ferrule_engine.layers.context import ModelContext
 from ferrule_engine.layers.fused import KernelDispatch
 
@@ -80,13 +80,8 @@ class DenseLinear(nn.Module):
     def permute_outputs(self, order: torch.Tensor) -> None:
         """From now on compute ``forward(x)[..., order]`` (``order``: a permutation of the
         output features), as ``QuantLinear.permute_outputs`` does for GPTQ layers."""
-        order = order.long().flatten().to(self.weight.device)
-        arange = torch.arange(self.out_features, device=order.device)
-        if order.numel() != self.out_features or not torch.equal(order.sort().values, arange):
-            raise ValueError(
-                f"permute_outputs: order must be a permutation of "
-                f"range(out_features={self.out_features})"
-            )
+        order = check_permutation(order, self.out_features, "permute_outputs", "out_features")
+        order = order.to(self.weight.device)
         self.weight.copy_(self.weight.index_select(0, order))
         if self.bias is not None:
             self.bias.copy_(self.bias.index_select(0, order))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ferrule_core.quant_linear import check_permutation
 from ferrule_engine.layers.context import ModelContext
 from ferrule_engine.layers.fused import FusedModule, KernelDispatch
 
@@ -40,12 +41,8 @@ class RMSNorm(FusedModule):
     @torch.no_grad()
     def set_output_order(self, order: torch.Tensor) -> None:
         """Return ``norm(x)[..., order]`` from now on (the residual sum stays in order)."""
-        size = self.weight.numel()
-        order = order.long().flatten().to(self.weight.device)
-        arange = torch.arange(size, device=order.device)
-        if order.numel() != size or not torch.equal(torch.sort(order).values, arange):
-            raise ValueError(f"set_output_order: order must be a permutation of range({size})")
-        self.output_order = order.to(torch.int32)
+        order = check_permutation(order, self.weight.numel(), "set_output_order")
+        self.output_order = order.to(self.weight.device, torch.int32)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
