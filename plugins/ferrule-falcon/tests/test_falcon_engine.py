@@ -149,6 +149,30 @@ def test_gptq_fused_query_key_value_is_one_quantized_linear():
     assert names == {f"{prefix}.{t}" for t in ("qweight", "qzeros", "scales", "g_idx")}
 
 
+def test_act_order_mlp_folds_its_down_projection_into_dense_h_to_4h():
+    """dense_4h_to_h's act-order permutation goes into dense_h_to_4h's outputs at load (the
+    kit's GPTQ test checks the logits); the MLP's output is unchanged."""
+    import copy
+
+    from ferrule_core import load_plugins
+    from ferrule_engine.dummy_weights import fill_dummy_weights
+    from ferrule_falcon.engine import FalconMLP
+
+    config = tiny_config("FalconConfig", **FALCON_40B)
+    quant = EngineModelConformance.quantize_config  # act-order
+    names = frozenset(f"mlp.{m}" for m in ("dense_h_to_4h", "dense_4h_to_h"))
+    ctx = ModelContext(dtype=torch.float32, quant=quant, quantized=names, registry=load_plugins())
+    mlp = FalconMLP(config, prefix="mlp", ctx=ctx)
+    fill_dummy_weights(mlp)
+    plain = copy.deepcopy(mlp)
+    mlp.fold_input_orders()
+    assert not mlp.dense_4h_to_h.desc_act and plain.dense_4h_to_h.desc_act
+    x = torch.randn(5, config.hidden_size)
+    with torch.no_grad():
+        expected = plain(x)
+        torch.testing.assert_close(mlp(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+
 def test_alibi_is_refused_naming_the_setting_and_what_works():
     config = tiny_config(
         "FalconConfig", alibi=True, parallel_attn=False, multi_query=False, bias=True

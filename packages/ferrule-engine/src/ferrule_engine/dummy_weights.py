@@ -9,6 +9,8 @@ size, and, for act-order, ``g_idx`` through a random permutation, as GPTQ leaves
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -30,7 +32,7 @@ def quantized_module_names(spec, config) -> frozenset[str]:
 @torch.no_grad()
 def fill_dummy_weights(model: nn.Module, seed: int = 0) -> None:
     """Fill every parameter and buffer of ``model`` (already on its device) in place."""
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     gen = torch.Generator(device=device).manual_seed(seed)
     named_quant = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     quant_layers = [m for _, m in named_quant]

@@ -42,6 +42,7 @@ from ferrule_engine.layers import (
     activation,
     make_linear,
 )
+from ferrule_engine.layers.input_order import fold_into_outputs
 from ferrule_engine.models.base import EngineModel
 
 # How a block normalises its input: one norm for attention and MLP, one each, or the
@@ -192,6 +193,11 @@ class FalconMLP(nn.Module):
         self.dense_4h_to_h = make_linear(
             ffn, hidden, bias=bias, prefix=f"{prefix}.dense_4h_to_h", ctx=ctx, parallel="row"
         )
+
+    def fold_input_orders(self) -> None:
+        """An act-order dense_4h_to_h takes its input in order: dense_h_to_4h emits it so (the
+        activation is elementwise; see :mod:`ferrule_engine.layers.input_order`)."""
+        fold_into_outputs(self.dense_4h_to_h, [self.dense_h_to_4h])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))

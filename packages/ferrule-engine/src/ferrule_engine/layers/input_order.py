@@ -11,8 +11,10 @@ that produces ``x`` can emit it already permuted, the permutation is paid once, 
   through ``act(gate) * up``, feeding down) has its output features permuted in its weights.
 
 The consumer then takes its input in order (``QuantLinear.permute_inputs``) and is an in-order
-layer to every kernel. The outputs are unchanged: the same products in the same order. A
-layer fed by attention (``o_proj``) keeps its gather.
+layer to every kernel. The outputs are unchanged: the same products, summed in another order.
+A layer fed by attention (``o_proj``) keeps its gather. Engine models call these from
+``fold_input_orders()`` methods of their submodules, which ``EngineModel.fold_input_orders``
+runs once the weights are loaded and merged.
 """
 
 from __future__ import annotations
