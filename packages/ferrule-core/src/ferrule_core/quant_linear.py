@@ -255,16 +255,10 @@ class QuantLinear(nn.Module):
         act-order layer costs what an in-order one does. ``input_perm[i]`` is the input
         feature that stored row ``i`` reads. A layer already in order is left alone.
         """
-        if self.input_perm is not None:
+        order = self.input_order()
+        if order is None:
             return
-        g_idx = self.g_idx.long()
-        if bool((g_idx[1:] >= g_idx[:-1]).all()):
-            return
-        order = torch.argsort(g_idx, stable=True)
-        with torch.no_grad():
-            codes = unpack_rows(self.qweight, self.bits)
-            self.qweight.copy_(pack_rows(codes.index_select(0, order), self.bits))
-            self.g_idx.copy_(self.g_idx.index_select(0, order))
+        self._permute_rows(order)
         self.input_perm = order.to(torch.int32)
 
     def input_order(self) -> torch.Tensor | None:
@@ -291,14 +285,18 @@ class QuantLinear(nn.Module):
                 "permute_inputs: the layer's rows are already sorted for a kernel "
                 "(input_perm is set); permute before the first forward"
             )
-        order = order.to(self.qweight.device)
-        codes = unpack_rows(self.qweight, self.bits)
-        self.qweight.copy_(pack_rows(codes.index_select(0, order), self.bits))
-        self.g_idx.copy_(self.g_idx.index_select(0, order))
+        self._permute_rows(order.to(self.qweight.device))
         in_order = default_g_idx(self.in_features, self.group_size, device=self.g_idx.device)
         if torch.equal(self.g_idx.long(), in_order.long()):
             self.desc_act = False
         self._forget_kernel()
+
+    @torch.no_grad()
+    def _permute_rows(self, order: torch.Tensor) -> None:
+        """Stored row ``i`` (its codes and group) becomes the one that was row ``order[i]``."""
+        codes = unpack_rows(self.qweight, self.bits)
+        self.qweight.copy_(pack_rows(codes.index_select(0, order), self.bits))
+        self.g_idx.copy_(self.g_idx.index_select(0, order))
 
     @torch.no_grad()
     def permute_outputs(self, order: torch.Tensor) -> None:

@@ -153,7 +153,8 @@ def ferrule_register_kernels():
             description=(
                 "CUDA C++ kernel on Hopper's warpgroup MMA (wgmma, sm_90) on GPTQ's own layout, "
                 "from 3 rows: warp-specialized, a producer thread streams x (as it is; "
-                "act-order gathers it first), the packed words and the group parameters by "
+                "act-order: gathered by the producer warps up to 4 rows, first from 5), "
+                "the packed words and the group parameters by "
                 "TMA into an mbarrier ring, two consumer warpgroups dequantize into wgmma's A "
                 "fragments in registers; split-K; K and group sizes multiples of 64 (or -1), "
                 "N of 32; compiled on first use (nvcc)"
