@@ -8,6 +8,8 @@ counter reset are exercised.
 The GPU tests (``test_wgmma_gpu.py``) run the same cases on hardware.
 """
 
+import ctypes
+
 import pytest
 import torch
 
@@ -82,41 +84,58 @@ def test_strided_and_large_inputs(emulated_wgmma, sorted_layer):
     check(emulated_wgmma, layer, x)
 
 
-def test_plan(emulated_wgmma, sorted_layer):
-    layer = sorted_layer(2048, 256, 128, False, False)
-    _, plan = emulated_wgmma(layer, torch.randn(16, 2048).half())
-    tokens, splits, per_split = plan
-    assert tokens == 16
-    assert splits * per_split >= 2048 // 64 and per_split >= 4  # at least 4 steps a split
-    _, plan = emulated_wgmma(layer, torch.randn(100, 2048).half())
-    # One column block: larger tiles would leave the GPU idle, and 64-row tiles fill it only
-    # in splits of 8 steps, 32-row tiles in splits of 16 (fewer partial sums).
-    assert plan == (32, 2, 16)
-    _, plan = emulated_wgmma(layer, torch.randn(100, 4096).half()[:, :2048])
-    assert plan == (32, 2, 16)  # rows further apart than K: the same plan
-    long_k = sorted_layer(4096, 256, 128, False, False)
-    _, plan = emulated_wgmma(long_k, torch.randn(100, 4096).half(), plan_only=True)
-    assert plan == (64, 4, 16)  # 64-row tiles fill the GPU in splits of 16 steps
-    # The emulation's 4 multiprocessors: tiles of 128 rows once they alone cover 3 of them, 256
-    # rows (128 columns a block) past 128 rows likewise.
-    wide = sorted_layer(128, 3 * 256, -1, False, True)
-    _, plan = emulated_wgmma(wide, torch.randn(128, 128).half())
-    assert plan[0] == 128
-    _, plan = emulated_wgmma(wide, torch.randn(129, 128).half())
-    assert plan[0] == 256  # 6 tiles of 256 rows
-    _, plan = emulated_wgmma(wide, torch.randn(64, 128).half())
-    assert plan[0] == 32  # no tile past the next power of two; 2 steps: twice the blocks in 32
-
-
-def test_plan_on_long_k_takes_larger_tiles_in_splits(emulated_wgmma, sorted_layer):
-    # One column block: on K of 8,192+, 256-row tiles once their splits of 32+ steps could
-    # cover 3 of the emulation's 4 multiprocessors (4 such splits of 128 steps); then split as
-    # ever, here over all 8 resident blocks. On shorter K the 64-row tiles stay, as split-K's
-    # partials would cost more than the larger tile saves.
-    x = torch.randn(200, 8192).half()
-    _, plan = emulated_wgmma(sorted_layer(8192, 128, 128, False, False), x, plan_only=True)
-    assert plan == (256, 8, 16)
-    _, plan = emulated_wgmma(
-        sorted_layer(4096, 128, 128, False, False), x[:, :4096], plan_only=True
+def planned(emulator, m, k, n, num_sms=66, tokens=0, splits=0):
+    """``(tokens, splits, steps_per_split)`` the kernel plans for an ``[m, k] @ [k, n]``
+    problem on ``num_sms`` emulated multiprocessors of two resident blocks each (66: the
+    132 blocks an H100 or H200 holds at once). Nothing runs, so no tensors are needed."""
+    plan = (ctypes.c_int * 3)(tokens, splits, 0)
+    pointers = [None] * 7  # perm, qweight, qzeros, scales, out, workspace, counters
+    status = emulator.emulated_wgmma(
+        None, 0, 0, *pointers, m, k, n, 128, num_sms, num_sms * 8, plan
     )
-    assert plan[0] == 64
+    assert status == 0
+    return tuple(plan)
+
+
+def test_plan_up_to_32_rows_takes_one_small_tile_in_splits(emulator):
+    tokens, splits, per_split = planned(emulator, 16, 2048, 256, num_sms=4)
+    assert tokens == 16 and splits == 8 and per_split == 4  # 8 resident blocks, 4 steps each
+    assert planned(emulator, 17, 2048, 256, num_sms=4)[0] == 32
+    assert planned(emulator, 32, 4096, 4096)[:2] == (32, 8)  # 16 column blocks, 128 resident
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "expected"),
+    [
+        # The fastest (tile, splits) of a sweep of every forced pair on an H200 (ratio to fp16
+        # cuBLAS of the plan before -> the fastest): 4096x6144 at 512 rows one wave of
+        # 256-row tiles (0.47x -> 0.85x), 4096x4096 at 256 and 512 (0.64x -> 0.68x, 0.63x ->
+        # 0.72x), 4096x14336 at 128 (0.84x -> 0.91x); the rest were already the fastest.
+        (512, 4096, 6144, (256, 1)),
+        (256, 4096, 6144, (256, 2)),
+        (64, 4096, 4096, (32, 4)),
+        (128, 4096, 4096, (64, 4)),
+        (256, 4096, 4096, (256, 4)),
+        (512, 4096, 4096, (256, 2)),
+        (1024, 4096, 4096, (256, 1)),
+        (64, 14336, 4096, (64, 8)),
+        (128, 14336, 4096, (128, 8)),
+        (512, 14336, 4096, (256, 2)),
+        (64, 4096, 14336, (64, 2)),
+        (128, 4096, 14336, (128, 2)),
+        (64, 28672, 8192, (64, 4)),
+        (128, 28672, 8192, (128, 4)),
+        (256, 28672, 8192, (256, 2)),
+        (1024, 28672, 8192, (256, 1)),
+    ],
+)
+def test_plan_from_33_rows_takes_the_least_estimated_time(emulator, m, k, n, expected):
+    assert planned(emulator, m, k, n)[:2] == expected
+
+
+def test_plan_keeps_forced_choices(emulator):
+    assert planned(emulator, 512, 4096, 6144, tokens=64)[:2] == (64, 1)  # 192 tiles: 1 split
+    assert planned(emulator, 512, 4096, 6144, splits=3)[1] == 3
+    assert planned(emulator, 100, 2048, 256, num_sms=4, tokens=128, splits=2) == (128, 2, 16)
+    # no tile past the next power of two of M (nor 32-row tiles below it)
+    assert planned(emulator, 40, 2048, 256, num_sms=4)[0] in (32, 64)

@@ -1030,53 +1030,83 @@ int64_t tiles_for(const Problem& p, int tokens) {
 // one 16-byte chunk of a tile a lane).
 constexpr int kWgmmaGatherRows = 4;
 
+// From 33 rows the plan takes the (tile of rows, splits of K) with the least estimated time:
+// waves of blocks x steps a split x a step's cost for the tile, plus, when K is split, what
+// adding up the float32 partial sums costs (a fixed part, a part for each split, whose
+// partials the tile's last block reads in turn, and one for the bytes written and read).
+// The constants were fitted on an H200 to a sweep of every forced (tile, splits) on the
+// Llama-3 layers at 64-1,024 rows (bench/wgmma_plan_sweep.py, 2026-11-28); the model then picked the
+// fastest measured configuration in all 25 cells (4096x6144 at 512 rows: 0.85x of fp16 in one
+// wave of 256-row tiles against 0.47x in two waves of 64-row tiles, the rule it replaced).
+// Microseconds on that card; only their ratios matter.
+double wgmma_step_cost(int tokens) {
+  switch (tokens) {
+    case 32: return 0.50;
+    case 64: return 0.62;
+    case 128: return 0.80;  // 256 columns a block: twice the dequantizing of a 256-row tile
+    default: return 0.72;   // 256 rows, 128 columns a block
+  }
+}
+constexpr double kSplitFixed = 0.4;
+constexpr double kSplitEach = 0.75;
+constexpr double kSplitPerMegabyte = 0.6;
+
+double wgmma_estimate(const Problem& p, int tokens, int64_t splits, int64_t resident) {
+  const int64_t steps = p.K / kStepRows;
+  const int64_t per_split = ceil_div(steps, splits);
+  splits = ceil_div(steps, per_split);
+  const int64_t waves = ceil_div(tiles_for(p, tokens) * splits, resident);
+  double cost = static_cast<double>(waves * per_split) * wgmma_step_cost(tokens);
+  if (splits > 1) {
+    const double megabytes = 4e-6 * static_cast<double>(splits) * p.M * p.N;
+    cost += kSplitFixed + kSplitEach * splits + kSplitPerMegabyte * megabytes;
+  }
+  return cost;
+}
+
 }  // namespace
 
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   plan_groups(p);
   const int64_t steps = p.K / kStepRows;
-  if (p.tokens != 16 && p.tokens != 32 && p.tokens != 64 && p.tokens != 128 && p.tokens != 256) {
-    p.tokens = p.M <= 16 ? 16 : p.M <= 32 ? 32 : 64;
-    // The largest tile of rows that pads no more than M needs and gives most of a wave alone
-    // or, where K is long (8,192+), in splits of kLongSplit steps or more (or in 48 tiles or
-    // more); on short K split-K's partial sums cost more than a larger tile saves. Measured on
-    // an H100 (Llama-3 layers): 256 rows of 14336x4096 in 4 splits of 256-row tiles, 0.75x of
-    // fp16 against 0.55x in 64-row tiles.
-    constexpr int64_t kLongSplit = 32;
-    const int64_t fill = (num_sms * 3) / 4;
-    for (const int tokens : {128, 256}) {
-      if (tokens > 2 * p.M - 1 && tokens > 64) break;  // no tile past the next power of two
-      const int64_t tiles = tiles_for(p, tokens);
-      const int64_t long_splits = std::max<int64_t>(
-          1, std::min(resident_for(p, tokens, num_sms) / tiles, steps / kLongSplit));
-      const bool long_k = p.K >= 8192;
-      if (tiles >= fill || (long_k && (tiles >= 48 || tiles * long_splits >= fill))) {
-        p.tokens = tokens;
+  const bool forced_tokens =
+      p.tokens == 16 || p.tokens == 32 || p.tokens == 64 || p.tokens == 128 || p.tokens == 256;
+  // Splits that fill the GPU with `tokens`-row tiles, at least kMinStepsPerSplit steps each.
+  auto most_splits = [&](int tokens) {
+    const int64_t tiles = tiles_for(p, tokens);
+    if (tiles > counter_capacity) return int64_t{1};
+    return std::max<int64_t>(
+        1, std::min(resident_for(p, tokens, num_sms) / tiles, steps / kMinStepsPerSplit));
+  };
+  int64_t splits = p.splits;
+  if (!forced_tokens && p.M <= 32) {
+    p.tokens = p.M <= 16 ? 16 : 32;
+  } else if (!forced_tokens || splits <= 0) {
+    // Up to 32 rows one tile of 16 or 32 rows; from 33 the cheapest estimate (above) among the
+    // tiles up to the next power of two of M (and 32), for each the splits up to a full wave.
+    double best = 0.0;
+    int best_tokens = 0;
+    int64_t best_splits = 1;
+    for (const int tokens : {32, 64, 128, 256}) {
+      if (forced_tokens ? tokens != p.tokens : (tokens > 32 && tokens > 2 * p.M - 1)) continue;
+      const int64_t resident = resident_for(p, tokens, num_sms);
+      const int64_t low = splits > 0 ? splits : 1;
+      const int64_t high = splits > 0 ? splits : most_splits(tokens);
+      for (int64_t s = low; s <= high; ++s) {
+        const double cost = wgmma_estimate(p, tokens, s, resident);
+        if (best_tokens == 0 || cost < best) {
+          best = cost;
+          best_tokens = tokens;
+          best_splits = s;
+        }
       }
     }
-    // 64-row tiles that fill the GPU only in splits of fewer than kShortSplit steps give way to
-    // 32-row tiles where those fill it as well in longer splits (fewer partial sums to add):
-    // 4096x4096 at 64 rows, 0.98x of fp16 in 32-row tiles and 4 splits against 0.86x in 64-row
-    // tiles and 8 (H100).
-    constexpr int64_t kShortSplit = 16;
-    if (p.tokens == 64) {
-      auto filled = [&](int tokens, int64_t shortest) {
-        const int64_t tiles = tiles_for(p, tokens);
-        const int64_t splits = std::max<int64_t>(
-            1, std::min(resident_for(p, tokens, num_sms) / tiles, steps / shortest));
-        return std::make_pair(tiles * splits, steps / splits);
-      };
-      const auto [blocks, run] = filled(64, kMinStepsPerSplit);
-      if (run < kShortSplit && filled(32, kShortSplit).first >= blocks) p.tokens = 32;
-    }
+    p.tokens = best_tokens;
+    splits = best_splits;
   }
   p.loads = 2;
-  const int64_t tiles = tiles_for(p, p.tokens);
-  int64_t splits = p.splits;
-  if (splits <= 0) {
-    splits = std::min(resident_for(p, p.tokens, num_sms) / tiles, steps / kMinStepsPerSplit);
-  }
-  if (tiles > counter_capacity) splits = 1;
+  if (splits <= 0) splits = most_splits(p.tokens);
+  if (tiles_for(p, p.tokens) > counter_capacity) splits = 1;
   splits = std::max<int64_t>(1, std::min(splits, steps));
   const int64_t per_split = ceil_div(steps, splits);
   p.units_per_split = static_cast<int>(per_split);  // steps of 64 rows here

@@ -1,0 +1,84 @@
+"""Every forced (tile of rows, splits of K) of ``cuda-gptq-wgmma`` against its own plan.
+
+    python bench/wgmma_plan_sweep.py [--rows 64,128,256,512,1024] [--shapes 4096x4096,...]
+
+For each layer shape (K x N) and row count it prints the ratio to fp16 ``torch.matmul`` of
+the kernel's plan (named ``t<tokens>s<splits>``, timed before and after the sweep), the four
+fastest forced pairs and all of them, timed as ``ferrule bench kernels`` times (CUDA-graph
+replays rotating over weight copies larger than L2), in one run. The constants of the plan's
+cost model (``wgmma_step_cost`` and the split-K terms in ``csrc/gptq_wgmma.cu``) were fitted
+to this script's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+SHAPES = "4096x4096,4096x6144,14336x4096,4096x14336,28672x8192"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="64,128,256,512,1024")
+    parser.add_argument("--shapes", default=SHAPES)
+    args = parser.parse_args()
+
+    import torch
+
+    from ferrule.kernel_bench import _copies, _quant_layers, _w4_bytes, time_calls
+
+    def timed(layers, x, tokens=0, splits=0):
+        for layer in layers:
+            layer._kernel.tokens, layer._kernel.splits = tokens, splits
+        try:
+            return time_calls([lambda layer=layer: layer(x) for layer in layers])
+        finally:
+            for layer in layers:
+                layer._kernel.tokens, layer._kernel.splits = 0, 0
+
+    for shape in args.shapes.split(","):
+        k, n = (int(v) for v in shape.split("x"))
+        weights = [
+            torch.randn(k, n, device="cuda", dtype=torch.float16) * 0.02
+            for _ in range(_copies(k * n * 2))
+        ]
+        layers = _quant_layers(
+            k, n, _copies(_w4_bytes(k, n, 1)), desc_act=False, kernel="cuda-gptq-wgmma"
+        )
+        steps = k // 64
+        for m in (int(v) for v in args.rows.split(",")):
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            with torch.inference_mode():
+                for layer in layers:
+                    layer(x)  # builds each layer's kernel for this many rows
+                kernel = layers[0]._kernel
+                chosen = kernel.module.gptq_wgmma_plan(m, k, n, kernel.counters.numel(), 0, 0)
+                fp16 = time_calls([lambda w=w, x=x: torch.matmul(x, w) for w in weights])
+                plan = timed(layers, x)
+                forced = {}
+                for tokens in (32, 64, 128, 256):
+                    if tokens > 2 * m:
+                        continue
+                    for splits in (1, 2, 3, 4, 6, 8):
+                        if steps // splits >= 4:
+                            forced[(tokens, splits)] = timed(layers, x, tokens, splits)
+                plan = (plan + timed(layers, x)) / 2
+                fp16 = (
+                    fp16 + time_calls([lambda w=w, x=x: torch.matmul(x, w) for w in weights])
+                ) / 2
+            best = sorted(forced.items(), key=lambda item: item[1])[:4]
+            print(
+                f"{k}x{n} M={m:5d} fp16 {fp16:6.1f}us plan t{chosen[0]}s{chosen[1]} "
+                f"{fp16 / plan:.2f}x | best "
+                + " ".join(f"t{t}s{s} {fp16 / v:.2f}x" for (t, s), v in best)
+                + " | all "
+                + " ".join(f"t{t}s{s}:{fp16 / v:.2f}" for (t, s), v in sorted(forced.items())),
+                flush=True,
+            )
+        del weights, layers
+        torch.cuda.empty_cache()
+    print(f"GPU: {torch.cuda.get_device_name()}")
+
+
+if __name__ == "__main__":
+    main()
