@@ -1,6 +1,7 @@
 """Every forced (tile of rows, splits of K) of ``cuda-gptq-wgmma`` against its own plan.
 
     python bench/wgmma_plan_sweep.py [--rows 64,128,256,512,1024] [--shapes 4096x4096,...]
+    python bench/wgmma_plan_sweep.py --add-in-l2   # split-K finished by atomics in L2
 
 For each layer shape (K x N) and row count it prints the ratio to fp16 ``torch.matmul`` of
 the kernel's plan (named ``t<tokens>s<splits>``, timed before and after the sweep), the four
@@ -21,6 +22,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="64,128,256,512,1024")
     parser.add_argument("--shapes", default=SHAPES)
+    parser.add_argument(
+        "--add-in-l2",
+        action="store_true",
+        help="finish split-K by atomics into one plane (the kernel's add_in_l2) everywhere",
+    )
     args = parser.parse_args()
 
     import torch
@@ -51,6 +57,7 @@ def main() -> None:
             with torch.inference_mode():
                 for layer in layers:
                     layer(x)  # builds each layer's kernel for this many rows
+                    layer._kernel.add_in_l2 = args.add_in_l2
                 kernel = layers[0]._kernel
                 chosen = kernel.module.gptq_wgmma_plan(m, k, n, kernel.counters.numel(), 0, 0)
                 fp16 = time_calls([lambda w=w, x=x: torch.matmul(x, w) for w in weights])

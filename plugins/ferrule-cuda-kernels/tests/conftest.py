@@ -101,16 +101,17 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
 
-// plan: in, tokens, splits to force (0: choose) and gather_in_kernel; out, tokens, splits,
-// steps_per_split.
+// plan: in, tokens, splits to force (0: choose) and flags (1: gather_in_kernel, 2: add_in_l2);
+// out, tokens, splits, steps_per_split.
 extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
                               const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
                               const void* scales, void* out, float* workspace, int32_t* counters,
                               int M, int K, int N, int group_size, int num_sms, int64_t capacity,
                               int* plan) {
-  const bool gather_in_kernel = plan[2] != 0;
+  const bool gather_in_kernel = (plan[2] & 1) != 0;
   auto p = problem(x, stride_m, stride_k, perm, qweight, qzeros, scales, out, workspace,
                    counters, M, K, N, group_size, 4, 0);
+  p.add_in_l2 = (plan[2] & 2) != 0;
   p.tokens = plan[0];
   p.splits = plan[1];
   ferrule_gemv::plan_wgmma(p, num_sms, capacity);
@@ -185,14 +186,17 @@ def emulator(tmp_path_factory):
 EMULATED_SMS = 4  # two resident blocks each (the shim's occupancy)
 
 
-def run_emulated(entry, layer, x, index, forced, plan_size, splits_at, plan_only=False):
+def run_emulated(
+    entry, layer, x, index, forced, plan_size, splits_at, plan_only=False, workspace_fill=0.0
+):
     """``layer(x)`` (float16) by an emulated tensor-core kernel, the way the binding calls it,
     and the kernel's plan (``(None, plan)`` with ``plan_only``: nothing runs).
 
     ``entry`` is the library's ``emulated_mma`` or ``emulated_wgmma``; ``index`` the int32 [K]
     tensor it gathers ``x`` through (``perm``, or ``None``); ``forced``
     the plan values to force (0: choose); ``plan[splits_at]`` of the ``plan_size`` values it
-    returns is the number of splits. The first call only plans, to size the workspace.
+    returns is the number of splits. The first call only plans, to size the workspace, which
+    starts filled with ``workspace_fill``.
     """
     k, n = layer.in_features, layer.out_features
     rows = x.reshape(-1, k)
@@ -215,7 +219,7 @@ def run_emulated(entry, layer, x, index, forced, plan_size, splits_at, plan_only
     _, plan = call(None)
     if plan_only:
         return None, plan
-    workspace = torch.zeros(plan[splits_at], rows.shape[0], n)
+    workspace = torch.full((plan[splits_at], rows.shape[0], n), workspace_fill)
     status, plan = call(workspace.data_ptr())
     assert status == 0
     assert not counters.any(), "the last block of each tile resets its counter"
@@ -237,14 +241,16 @@ def emulated_mma(emulator):
 
 @pytest.fixture
 def emulated_wgmma(emulator):
-    """``run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False)``:
-    ``(out, plan)`` of the emulated cuda-gptq-wgmma, plan = ``(tokens, splits,
-    steps_per_split)``."""
+    """``run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False,
+    add_in_l2=False)``: ``(out, plan)`` of the emulated cuda-gptq-wgmma, plan = ``(tokens,
+    splits, steps_per_split)``. With ``add_in_l2`` the workspace starts as NaN: the kernel
+    must not read what it did not write."""
 
-    def run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False):
-        forced = (tokens, splits, int(gather_in_kernel))
+    def run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False, add_in_l2=False):
+        forced = (tokens, splits, int(gather_in_kernel) | 2 * int(add_in_l2))
+        fill = float("nan") if add_in_l2 else 0.0
         return run_emulated(
-            emulator.emulated_wgmma, layer, x, layer.input_perm, forced, 3, 1, plan_only
+            emulator.emulated_wgmma, layer, x, layer.input_perm, forced, 3, 1, plan_only, fill
         )
 
     return run

@@ -61,6 +61,24 @@ def test_forced_tiles_and_split_k(emulated_wgmma, sorted_layer, tokens, splits, 
 
 
 @pytest.mark.parametrize(
+    ("tokens", "splits", "rows"),
+    [(16, 2, 9), (32, 3, 30), (64, 4, 20), (128, 2, 130), (256, 3, 300), (256, 16, 20)],
+)
+def test_split_k_added_in_l2(emulated_wgmma, sorted_layer, tokens, splits, rows):
+    """The first block of a tile stores its sums, the next add theirs by atomics, the last adds
+    its own and writes the output: every split count from 2 (no block between), float4 sums a
+    thread (2 tiles) and float2 (256-row tiles), rows past M; the workspace starts as NaN and
+    the counters must end at zero (both checked by the fixture)."""
+    layer = sorted_layer(1024, 416, 128, True, False, seed=5)
+    x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(6)).half()
+    plan = check(emulated_wgmma, layer, x, tokens=tokens, splits=splits, add_in_l2=True)
+    assert plan[0] == tokens and plan[1] == splits
+    planes, _ = emulated_wgmma(layer, x, tokens=tokens, splits=splits)
+    added, _ = emulated_wgmma(layer, x, tokens=tokens, splits=splits, add_in_l2=True)
+    assert relative_error(added, planes.double()) < 1e-3  # float32 sums in another order
+
+
+@pytest.mark.parametrize(
     ("rows", "tokens", "splits"),
     [(1, 0, 0), (3, 0, 1), (4, 16, 2), (4, 32, 1), (2, 64, 3), (5, 0, 0)],
 )

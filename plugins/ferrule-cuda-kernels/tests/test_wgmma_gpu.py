@@ -76,6 +76,33 @@ def test_gather_in_kernel(kernel_layer, forced_plans, graph_replay_errors, gathe
     assert max(errors) < TOLERANCE["float16"], errors
 
 
+@pytest.mark.parametrize(("k", "n"), [(4096, 992), (8192, 2048)])
+def test_split_k_added_in_l2(kernel_layer, graph_replay_errors, k, n):
+    """Split-K finished by atomics in L2 (opt-in): blocks really finish out of order here, so
+    the tickets, the wait for the first block's store and the last block's wait are exercised;
+    2 to 8 splits, every tile size, a graph replay; the counters end at zero each call. The
+    atomics add in no fixed order, so two calls may differ in the last bits."""
+    layer = kernel_layer("cuda-gptq-wgmma", k, n, 128)
+    gen = torch.Generator().manual_seed(2)
+    for rows in (9, 40, 64, 128, 300):
+        x = torch.randn(rows, k, generator=gen).half().cuda()
+        expected = float64_reference(layer, x)
+        with torch.no_grad():
+            layer(x)  # builds the kernel object
+        kernel = layer._kernel
+        kernel.add_in_l2 = True
+        for kernel.tokens, kernel.splits in ((0, 0), (16, 2), (32, 3), (64, 8), (128, 4), (256, 2)):
+            with torch.no_grad():
+                first, second = layer(x), layer(x)
+            assert not kernel.counters.any(), (rows, kernel.tokens, kernel.splits)
+            for out in (first, second):
+                err = relative_error(out, expected)
+                assert err < TOLERANCE["float16"], (rows, kernel.tokens, kernel.splits, err)
+        kernel.tokens = kernel.splits = 0
+    errors = graph_replay_errors(layer, 256)
+    assert max(errors) < TOLERANCE["float16"], errors
+
+
 def test_cuda_graph_replay(kernel_layer, graph_replay_errors):
     layer = kernel_layer("cuda-gptq-wgmma", 2048, 1024, 128, desc_act=True)
     errors = graph_replay_errors(layer, 64)

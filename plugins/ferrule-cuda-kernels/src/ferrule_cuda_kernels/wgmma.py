@@ -37,9 +37,13 @@ class CudaGptqWgmma(CudaGptqGemv):
         # instead of a gather kernel first (on an H100, 3-4 rows: as fast or up to 15% faster
         # than gathering first). False: always gather first.
         self.gather_in_kernel = True
+        # Split-K finished by atomics in L2 (one plane of partial sums that each block adds to
+        # as it finishes) instead of every split's plane added up by the tile's last block.
+        # Off until measured on a GPU (written after the twelfth session's device time).
+        self.add_in_l2 = False
 
     def _launch(self, rows: Tensor, scales: Tensor) -> Tensor:
         return self.module.gptq_wgmma(
             rows, self.perm, self.qweight, self.qzeros, scales, self.counters, self.group_size,
-            self.tokens, self.splits, self.gather_in_kernel,
+            self.tokens, self.splits, self.gather_in_kernel, self.add_in_l2,
         )  # fmt: skip

@@ -142,7 +142,8 @@ torch::Tensor run(ferrule_gemv::Problem& p, const torch::Tensor& x, const torch:
   plan(p, multiprocessors(), counters.numel());
   torch::Tensor workspace;
   if (p.splits > 1) {
-    workspace = torch::empty({p.splits, p.M, p.N}, x.options().dtype(at::kFloat));
+    const int64_t planes = p.add_in_l2 ? 1 : p.splits;
+    workspace = torch::empty({planes, p.M, p.N}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
   C10_CUDA_CHECK(launch(p, c10::cuda::getCurrentCUDAStream().stream()));
@@ -197,13 +198,13 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
 
 // y [M, N] = x [M, K] @ W with cuda-gptq-wgmma (float16, 4-bit, sm_90). Act-order layers gather
 // x[:, perm] first, or with gather_in_kernel (up to 4 rows) in the kernel; x that TMA cannot
-// read as it is is copied first (wgmma_gathers_first). tokens and splits force the plan's choices (0: choose), for
-// tuning.
+// read as it is is copied first (wgmma_gathers_first). tokens and splits force the plan's
+// choices (0: choose), for tuning; add_in_l2 finishes split-K by atomics (Problem::add_in_l2).
 torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
                          const torch::Tensor& qweight, const torch::Tensor& qzeros,
                          const torch::Tensor& scales, const torch::Tensor& counters,
                          int64_t group_size, int64_t tokens, int64_t splits,
-                         bool gather_in_kernel) {
+                         bool gather_in_kernel, bool add_in_l2) {
   auto p = problem_for("cuda-gptq-wgmma", x, perm, qweight, qzeros, scales, counters, 4,
                        group_size);
   TORCH_CHECK(!p.bf16, "cuda-gptq-wgmma: x must be float16, got ", x.scalar_type());
@@ -222,6 +223,7 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tens
   }
   p.tokens = static_cast<int>(tokens);
   p.splits = static_cast<int>(splits);
+  p.add_in_l2 = add_in_l2;
   torch::Tensor gathered;
   if (ferrule_gemv::wgmma_gathers_first(p, gather_in_kernel)) {
     gathered = gather_first(p, x, /*always=*/true);

@@ -21,7 +21,8 @@ struct Problem {
   const int32_t* qzeros;   // [G, N * bits / 32], packed along N (gptq_v2: the true zero)
   const void* scales;      // [G, N], the activation dtype
   void* out;               // [M, N] contiguous, the activation dtype
-  float* workspace;        // [splits, M, N] float32 partial sums, when splits > 1
+  float* workspace;        // [splits, M, N] float32 partial sums, when splits > 1 ([M, N]
+                           // with add_in_l2)
   int32_t* counters;       // one per output tile, zero between launches (the kernel resets them)
   int M;
   int K;
@@ -39,6 +40,9 @@ struct Problem {
   int tokens;   // rows of x one block serves: 8, 16, 32 or 64 (cuda-gptq-wgmma: 16 to 256)
   int loads;    // 16-byte weight loads a thread makes per unit: 1 or 2 (32 columns each a warp)
   int warps_k;  // warps of a block that split its K range (1, 2, 4, 8); the rest split columns
+  // cuda-gptq-wgmma only: split-K's partial sums added into one [M, N] plane by atomics in L2
+  // as the blocks finish, instead of a plane a split added up by the tile's last block.
+  bool add_in_l2;
 };
 
 // Rows of K one unit covers: 4 packed words, so 32 at 4 bits and 16 at 8 bits. A group must

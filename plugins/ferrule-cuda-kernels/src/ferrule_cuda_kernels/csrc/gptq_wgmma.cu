@@ -35,7 +35,9 @@
 // fragments and issue the unit's wgmmas, keeping two units queued on the tensor cores while
 // the next is dequantized (up to 32 rows, a step's two units, then one wait a step). Splitting
 // K across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a
-// float32 workspace, the last block of a tile adds), the adding done by the consumers alone.
+// float32 workspace, the last block of a tile adds), the adding done by the consumers alone;
+// or, opt-in (Problem::add_in_l2), by atomics into one plane as the blocks finish
+// (finish_in_l2).
 //
 // How it got here (H100, ratio to fp16 cuBLAS at 1024 rows on 28672x8192): every warpgroup
 // loading its own weight and cp.async-copying x behind block barriers, 0.62x (latency-bound,
@@ -558,6 +560,86 @@ __device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh,
   }
 }
 
+// Split-K finished in L2 (Problem::add_in_l2): the tile's blocks take tickets in the order
+// they finish their K range. The first stores its sums into the one [M, N] float32 plane, the
+// next ones add theirs to it by vector atomics (performed in L2) once it has, and the last,
+// once every other block is done, reads the plane, adds its own sums and writes the output.
+// So the last block reads one plane instead of every split's (with the planes, 32 blocks read
+// 16 MB alone at 256 rows of 4096x4096 in 4 splits, ~half of the kernel's time: H200). The
+// tile's counter holds the ticket in bits 0-15 and the blocks done in bits 16 and up; a block
+// waits only for blocks that took a ticket before it, which are running, so no block waits on
+// one that is not resident. The last block resets the counter.
+constexpr int kDoneOne = 1 << 16;
+constexpr int kTicketMask = kDoneOne - 1;
+
+// *to += v, performed in L2: sm_90's vector atomics (float2 and float4). Elsewhere the kernel
+// never runs (the binding refuses it), so nothing is compiled.
+template <class V>
+__device__ __forceinline__ void add_in_l2(V* to, V v) {
+#if FERRULE_WGMMA || (defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__))
+  atomicAdd(to, v);
+#else
+  (void)to;
+  (void)v;
+#endif
+}
+
+// The consumers wait until `need` blocks of the tile are done (worker 0 polls the counter),
+// then may read what those blocks wrote.
+__device__ __forceinline__ void wait_done(int32_t* counter, int need, int worker) {
+  if (worker == 0) {
+    while ((atomicAdd(counter, 0) >> 16) < need) __nanosleep(64);
+  }
+  __threadfence();
+  consumers_sync();
+}
+
+template <int COLS, class EachRow, class StoreOut>
+__device__ __forceinline__ void finish_in_l2(const Problem& p, int tile, int splits, int worker,
+                                             EachRow&& each_row, StoreOut&& store_out) {
+  __shared__ int block_ticket;
+  int32_t* const counter = p.counters + tile;
+  consumers_sync();
+  if (worker == 0) block_ticket = atomicAdd(counter, 1) & kTicketMask;
+  consumers_sync();
+  const int ticket = block_ticket;
+  const bool last = ticket == splits - 1;
+  if (ticket > 0) wait_done(counter, last ? splits - 1 : 1, worker);
+  float* const plane = p.workspace;
+  each_row([&](size_t at, const float (&v)[COLS]) {
+    if constexpr (COLS == 4) {
+      float4* const to = reinterpret_cast<float4*>(plane + at);
+      if (ticket == 0) {
+        *to = make_float4(v[0], v[1], v[2], v[3]);
+      } else if (!last) {
+        add_in_l2(to, make_float4(v[0], v[1], v[2], v[3]));
+      } else {
+        const float4 sum = __ldcg(to);
+        const float total[4] = {sum.x + v[0], sum.y + v[1], sum.z + v[2], sum.w + v[3]};
+        store_out(at, total);
+      }
+    } else {
+      float2* const to = reinterpret_cast<float2*>(plane + at);
+      if (ticket == 0) {
+        *to = make_float2(v[0], v[1]);
+      } else if (!last) {
+        add_in_l2(to, make_float2(v[0], v[1]));
+      } else {
+        const float2 sum = __ldcg(to);
+        const float total[2] = {sum.x + v[0], sum.y + v[1]};
+        store_out(at, total);
+      }
+    }
+  });
+  if (!last) {
+    __threadfence();
+    consumers_sync();
+    if (worker == 0) atomicAdd(counter, kDoneOne);
+  } else if (worker == 0) {
+    *counter = 0;  // every other block of the tile is done with it
+  }
+}
+
 template <int TOKENS>
 __global__ void __launch_bounds__(kThreads, 1)
     gptq_wgmma_kernel(const __grid_constant__ Problem p, const __grid_constant__ Maps maps) {
@@ -874,8 +956,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     common::wait_for_inputs();  // the output's memory may be the previous kernel's
     common::release_dependents();
     // Sum i of tile j is column col + 2 j + (i % 4) / 2 of the list, row 8 (i / 4) + 2 c + i % 2.
+    // each_row(f) calls f(at, v) for each of the thread's rows of x below M: at = token * N +
+    // col, v its kCols sums (columns col, col + 1, ...).
     __half* __restrict__ out = static_cast<__half*>(p.out);
-    if (col < N) {  // N % 32 == 0: the thread's columns are all in or all out
+    auto each_row = [&](auto&& f) {
+      if (col >= N) return;  // N % 32 == 0: the thread's columns are all in or all out
 #pragma unroll
       for (int i = 0; i < kSums / 4; ++i) {
 #pragma unroll
@@ -888,31 +973,37 @@ __global__ void __launch_bounds__(kThreads, 1)
             v[2 * j] = acc[j][4 * i + e];
             v[2 * j + 1] = acc[j][4 * i + 2 + e];
           }
-          const size_t at = static_cast<size_t>(token) * N + col;
-          float* const partial = p.workspace + static_cast<size_t>(blockIdx.y) * M * N + at;
-          const uint32_t lo = half2_bits(__floats2half2_rn(v[0], v[1]));
-          if constexpr (kT == 2) {
-            if (splits == 1) {
-              const uint32_t hi = half2_bits(__floats2half2_rn(v[2], v[3]));
-              *reinterpret_cast<uint2*>(out + at) = make_uint2(lo, hi);
-            } else {
-              *reinterpret_cast<float4*>(partial) = make_float4(v[0], v[1], v[2], v[3]);
-            }
-          } else {
-            if (splits == 1) {
-              *reinterpret_cast<uint32_t*>(out + at) = lo;
-            } else {
-              *reinterpret_cast<float2*>(partial) = make_float2(v[0], v[1]);
-            }
-          }
+          f(static_cast<size_t>(token) * N + col, v);
         }
       }
-    }
-    // Split-K: the consumers of the tile's last block add the partials up (the producer has
-    // left: at its 40 registers ptxas would spill this code).
-    if (splits > 1) {
-      const int worker = t + 128 * (role - 1);
-      const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+    };
+    auto store_out = [&](size_t at, const float (&v)[kCols]) {
+      const uint32_t lo = half2_bits(__floats2half2_rn(v[0], v[1]));
+      if constexpr (kT == 2) {
+        const uint32_t hi = half2_bits(__floats2half2_rn(v[2], v[3]));
+        *reinterpret_cast<uint2*>(out + at) = make_uint2(lo, hi);
+      } else {
+        *reinterpret_cast<uint32_t*>(out + at) = lo;
+      }
+    };
+    const int worker = t + 128 * (role - 1);
+    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+    if (splits == 1) {
+      each_row(store_out);
+    } else if (p.add_in_l2) {
+      finish_in_l2<kCols>(p, tile, splits, worker, each_row, store_out);
+    } else {
+      // Split-K: every block writes its plane of partial sums; the consumers of the tile's last
+      // block add the planes up (the producer has left: at its 40 registers ptxas would spill
+      // this code).
+      each_row([&](size_t at, const float (&v)[kCols]) {
+        float* const partial = p.workspace + static_cast<size_t>(blockIdx.y) * M * N + at;
+        if constexpr (kT == 2) {
+          *reinterpret_cast<float4*>(partial) = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+          *reinterpret_cast<float2*>(partial) = make_float2(v[0], v[1]);
+        }
+      });
       if (common::is_last_split(p.counters, tile, splits, worker, last_block, consumers_sync)) {
         common::add_up<__half, 128 * kConsumers>(p.workspace, out, M, N, row0, TOKENS, col0,
                                                  kBlock, splits, worker);
