@@ -155,5 +155,8 @@ def test_plan_keeps_forced_choices(emulator):
     assert planned(emulator, 512, 4096, 6144, tokens=64)[:2] == (64, 1)  # 192 tiles: 1 split
     assert planned(emulator, 512, 4096, 6144, splits=3)[1] == 3
     assert planned(emulator, 100, 2048, 256, num_sms=4, tokens=128, splits=2) == (128, 2, 16)
+    for tokens in (16, 32, 64, 128, 256):  # a forced tile alone: its splits are chosen
+        chosen, splits, per_split = planned(emulator, 300, 2048, 256, num_sms=4, tokens=tokens)
+        assert chosen == tokens and splits >= 1 and splits * per_split >= 2048 // 64
     # no tile past the next power of two of M (nor 32-row tiles below it)
     assert planned(emulator, 40, 2048, 256, num_sms=4)[0] in (32, 64)

@@ -1132,6 +1132,7 @@ constexpr int kWgmmaGatherRows = 4;
 // Microseconds on that card; only their ratios matter.
 double wgmma_step_cost(int tokens) {
   switch (tokens) {
+    case 16: return 0.50;  // not measured: it only ranks the splits of a forced 16-row tile
     case 32: return 0.50;
     case 64: return 0.62;
     case 128: return 0.80;  // 256 columns a block: twice the dequantizing of a 256-row tile
@@ -1173,13 +1174,14 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   if (!forced_tokens && p.M <= 32) {
     p.tokens = p.M <= 16 ? 16 : 32;
   } else if (!forced_tokens || splits <= 0) {
-    // Up to 32 rows one tile of 16 or 32 rows; from 33 the cheapest estimate (above) among the
-    // tiles up to the next power of two of M (and 32), for each the splits up to a full wave.
+    // From 33 rows the least estimate (above) among the tiles of 32 rows up to the next power
+    // of two of M, each with the splits up to a full wave; a forced tile only its splits.
     double best = 0.0;
     int best_tokens = 0;
     int64_t best_splits = 1;
-    for (const int tokens : {32, 64, 128, 256}) {
-      if (forced_tokens ? tokens != p.tokens : (tokens > 32 && tokens > 2 * p.M - 1)) continue;
+    for (const int tokens : {16, 32, 64, 128, 256}) {
+      const bool unwanted = tokens == 16 || (tokens > 32 && tokens > 2 * p.M - 1);
+      if (forced_tokens ? tokens != p.tokens : unwanted) continue;
       const int64_t resident = resident_for(p, tokens, num_sms);
       const int64_t low = splits > 0 ? splits : 1;
       const int64_t high = splits > 0 ? splits : most_splits(tokens);
