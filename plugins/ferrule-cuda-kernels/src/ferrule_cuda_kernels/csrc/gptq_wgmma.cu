@@ -509,9 +509,14 @@ using UnitFragments = uint32_t[2][kT][4];
 // Up to 32 rows the fragments hold the exact q - z and the scale multiplies each step's float32
 // sums (kept apart from the total until its wgmmas are done); from 64 rows, where that would
 // take more registers and more multiplications than it saves, the scale multiplies the
-// fragments.
+// fragments. (-DFERRULE_WGMMA_SCALE_SUMS_ROWS=0 scales the fragments at every tile: on an
+// H100 that was 6-12% slower at 4-16 rows; the H200's few-row times, which wait on each step's
+// wgmmas, have not been tried with it: bench/cuda_gemv_variants.py.)
+#ifndef FERRULE_WGMMA_SCALE_SUMS_ROWS
+#define FERRULE_WGMMA_SCALE_SUMS_ROWS 32
+#endif
 template <int TOKENS>
-constexpr bool kScaleSums = TOKENS <= 32;
+constexpr bool kScaleSums = TOKENS <= FERRULE_WGMMA_SCALE_SUMS_ROWS;
 
 // gather_in_kernel: producer thread t (warps 1-3) gathers x[:, perm] into the x tiles of the
 // steps (step - step_begin) % 3 == t / 32 - 1 of [step_begin, step_end): lane l the 16-byte
