@@ -59,7 +59,10 @@ def main() -> None:
     modules = {"base": None}
     for spec in args.variants:
         name, _, flags = spec.partition("=")
-        modules[name] = build(name, flags.split(","), root / name)
+        try:
+            modules[name] = build(name, flags.split(","), root / name)
+        except Exception as error:  # a variant that does not compile: time the others
+            print(f"{name}: not built ({type(error).__name__}: {str(error)[-300:]})", flush=True)
 
     def timed(layers, x):
         with torch.no_grad():
