@@ -1168,12 +1168,12 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   const int64_t steps = p.K / kStepRows;
   const bool forced_tokens =
       p.tokens == 16 || p.tokens == 32 || p.tokens == 64 || p.tokens == 128 || p.tokens == 256;
-  // Splits that fill the GPU with `tokens`-row tiles, at least kMinStepsPerSplit steps each.
-  auto most_splits = [&](int tokens) {
+  // Splits that fill the GPU (`resident` blocks) with `tokens`-row tiles, at least
+  // kMinStepsPerSplit steps each.
+  auto most_splits = [&](int tokens, int64_t resident) {
     const int64_t tiles = tiles_for(p, tokens);
     if (tiles > counter_capacity) return int64_t{1};
-    return std::max<int64_t>(
-        1, std::min(resident_for(p, tokens, num_sms) / tiles, steps / kMinStepsPerSplit));
+    return std::max<int64_t>(1, std::min(resident / tiles, steps / kMinStepsPerSplit));
   };
   int64_t splits = p.splits;
   if (!forced_tokens && p.M <= 32) {
@@ -1189,7 +1189,7 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
       if (forced_tokens ? tokens != p.tokens : unwanted) continue;
       const int64_t resident = resident_for(p, tokens, num_sms);
       const int64_t low = splits > 0 ? splits : 1;
-      const int64_t high = splits > 0 ? splits : most_splits(tokens);
+      const int64_t high = splits > 0 ? splits : most_splits(tokens, resident);
       for (int64_t s = low; s <= high; ++s) {
         const double cost = wgmma_estimate(p, tokens, s, resident);
         if (best_tokens == 0 || cost < best) {
@@ -1203,7 +1203,7 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
     splits = best_splits;
   }
   p.loads = 2;
-  if (splits <= 0) splits = most_splits(p.tokens);
+  if (splits <= 0) splits = most_splits(p.tokens, resident_for(p, p.tokens, num_sms));
   if (tiles_for(p, p.tokens) > counter_capacity) splits = 1;
   splits = std::max<int64_t>(1, std::min(splits, steps));
   const int64_t per_split = ceil_div(steps, splits);
