@@ -11,11 +11,13 @@
 // x in shared memory once (through `perm` for act-order layers; in chunks of 8192 / ROWS rows
 // when K is longer), and then each warp streams its own units, w, w + 8, w + 16, ..., with no
 // barrier until the chunk ends: it multiplies the unit it holds by every row of x and loads
-// its next one (4 independent 16-byte loads a thread). Latency is hidden by warps, not by
-// registers: at one row the kernel is held to 80 registers so that 3 blocks (24 warps) share a
-// multiprocessor; on an H100 that beat 2 units held per warp, and 4 blocks at 64 registers
-// (M = 1 after the octet staging: 1.82x fp16 cuBLAS on 4096x4096 against 1.58x, 3.00x against
-// 2.94x on 4096x14336, 3.53x against 3.61x on 28672x8192).
+// its next one (4 independent 16-byte loads a thread). At one row each warp holds two units
+// in flight (kStagesFor) and the kernel is held to 128 registers, two blocks (16 warps) a
+// multiprocessor: a warp's chain of dependent loads is half as long. On an H200 that beat one
+// unit at 80 registers and three blocks (the H100's best, where two units lost; ratio to fp16
+// cuBLAS at M = 1, one run: 4096x4096 2.02x against 1.75x, 4096x14336 2.46x / 2.21x,
+// 14336x4096 2.79x / 2.52x, 28672x8192 3.11x / 2.97x), and three units, four, or 4-warp
+// blocks (bench/cuda_gemv_variants.py; docs/benchmarks.md).
 // Splitting K over `splits` blocks (grid.y) keeps every multiprocessor busy for the narrow
 // layers of decode; each split is a whole number of units per warp. Their float32 partial
 // sums go to a workspace and the last block of a tile to finish (an atomic counter) adds them
@@ -65,14 +67,19 @@ namespace {
 #ifndef FERRULE_GEMV_STAGES
 #define FERRULE_GEMV_STAGES 1
 #endif
+#ifndef FERRULE_GEMV_STAGES_ONE_ROW
+#define FERRULE_GEMV_STAGES_ONE_ROW 2
+#endif
 #ifndef FERRULE_GEMV_MIN_BLOCKS
-#define FERRULE_GEMV_MIN_BLOCKS 3
+#define FERRULE_GEMV_MIN_BLOCKS 2
 #endif
 constexpr int kWarps = FERRULE_GEMV_WARPS;  // -D overrides are for tuning experiments
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32 * 4;        // columns of one block: 32 lanes x 4 columns
 constexpr int kUnitWords = 4;         // packed rows sharing one (scale, zero) load
-constexpr int kStages = FERRULE_GEMV_STAGES;  // units a warp holds in registers: 4 loads each
+// Units a warp holds in registers (4 loads each), by rows of x.
+template <int ROWS>
+constexpr int kStagesFor = ROWS == 1 ? FERRULE_GEMV_STAGES_ONE_ROW : FERRULE_GEMV_STAGES;
 constexpr int kStageOctets = 2;  // octets of x (8 rows of K) a thread stages at once
 constexpr int kMaxTileRows = 8;
 // Rows of K whose x is staged in shared memory at once: 32 KB of float32 whatever ROWS is.
@@ -102,7 +109,7 @@ struct Codes {
   static constexpr int kUnitK = kUnitWords * kPerWord;  // rows of K in one unit
 };
 
-// One row of x (decode) fits 80 registers, so three blocks share a multiprocessor (24 warps).
+// One row of x (decode) with two units held fits 128 registers: two blocks a multiprocessor.
 // More rows keep the compiler's choice (0: no minimum; 2 rows take 127 registers, 2 blocks).
 template <int ROWS>
 constexpr int kMinBlocks = ROWS == 1 ? FERRULE_GEMV_MIN_BLOCKS : 0;
@@ -116,7 +123,7 @@ struct Unit {
 
 // Act-order at one row of float16 x with 4-bit codes (decode) has its own kernel, whose
 // (dynamic) shared memory also holds the whole row of x (up to kGatherRowMax values; 72 KB
-// with the staged chunk, three blocks a multiprocessor still fit): the chunk gathers
+// with the staged chunk, two blocks a multiprocessor still fit): the chunk gathers
 // from there rather than from global memory, where 8 scattered 2-byte loads an octet
 // serialize in L1 (H100, M = 1: act-order 2-7% slower than in-order, was 6-15%). The larger
 // buffer would cost the in-order kernel L1 space (2-4% slower), hence the separate instance.
@@ -133,6 +140,7 @@ template <typename T, int BITS, int ROWS, bool GATHER_ROW = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(const Problem p) {
   using C = Codes<BITS>;
   constexpr int kChunkK = kChunkRows<ROWS>;
+  constexpr int kStages = kStagesFor<ROWS>;
   static_assert(kChunkK % C::kUnitK == 0, "a chunk is whole units");
   static_assert(kChunkK >= kWarps * kTileN, "the chunk buffer holds the block's reduction");
   // One buffer, used twice: a chunk of x [ROWS][kChunkK], then the per-warp partial sums
