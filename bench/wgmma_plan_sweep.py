@@ -1,7 +1,7 @@
 """Every forced (tile of rows, splits of K) of ``cuda-gptq-wgmma`` against its own plan.
 
     python bench/wgmma_plan_sweep.py [--rows 64,128,256,512,1024] [--shapes 4096x4096,...]
-    python bench/wgmma_plan_sweep.py --add-in-l2   # split-K finished by atomics in L2
+    python bench/wgmma_plan_sweep.py --clusters 2   # split-K in clusters wherever it can
 
 For each layer shape (K x N) and row count it prints the ratio to fp16 ``torch.matmul`` of
 the kernel's plan (named ``t<tokens>s<splits>``, timed before and after the sweep), the four
@@ -23,9 +23,12 @@ def main() -> None:
     parser.add_argument("--rows", default="64,128,256,512,1024")
     parser.add_argument("--shapes", default=SHAPES)
     parser.add_argument(
-        "--add-in-l2",
-        action="store_true",
-        help="finish split-K by atomics into one plane (the kernel's add_in_l2) everywhere",
+        "--clusters",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="split-K in thread block clusters: 0 never, 1 where the plan estimates it faster"
+        " (the default), 2 wherever it can (forced pairs included)",
     )
     args = parser.parse_args()
 
@@ -57,9 +60,11 @@ def main() -> None:
             with torch.inference_mode():
                 for layer in layers:
                     layer(x)  # builds each layer's kernel for this many rows
-                    layer._kernel.add_in_l2 = args.add_in_l2
+                    layer._kernel.clusters = args.clusters
                 kernel = layers[0]._kernel
-                chosen = kernel.module.gptq_wgmma_plan(m, k, n, kernel.counters.numel(), 0, 0)
+                chosen = kernel.module.gptq_wgmma_plan(
+                    m, k, n, kernel.counters.numel(), 0, 0, args.clusters
+                )
                 fp16 = time_calls([lambda w=w, x=x: torch.matmul(x, w) for w in weights])
                 plan = timed(layers, x)
                 forced = {}
@@ -75,7 +80,8 @@ def main() -> None:
                 ) / 2
             best = sorted(forced.items(), key=lambda item: item[1])[:4]
             print(
-                f"{k}x{n} M={m:5d} fp16 {fp16:6.1f}us plan t{chosen[0]}s{chosen[1]} "
+                f"{k}x{n} M={m:5d} fp16 {fp16:6.1f}us plan t{chosen[0]}s{chosen[1]}"
+                f"{'c' if chosen[3] else ''} "
                 f"{fp16 / plan:.2f}x | best "
                 + " ".join(f"t{t}s{s} {fp16 / v:.2f}x" for (t, s), v in best)
                 + " | all "

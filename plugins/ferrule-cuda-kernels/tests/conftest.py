@@ -101,8 +101,8 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
 
-// plan: in, tokens, splits to force (0: choose) and flags (1: gather_in_kernel, 2: add_in_l2);
-// out, tokens, splits, steps_per_split.
+// plan: in, tokens, splits to force (0: choose) and flags (bit 0: gather_in_kernel, bits 1-2:
+// Problem::clusters); out, tokens, splits, steps_per_split, in_clusters.
 extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
                               const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
                               const void* scales, void* out, float* workspace, int32_t* counters,
@@ -111,11 +111,12 @@ extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
   const bool gather_in_kernel = (plan[2] & 1) != 0;
   auto p = problem(x, stride_m, stride_k, perm, qweight, qzeros, scales, out, workspace,
                    counters, M, K, N, group_size, 4, 0);
-  p.add_in_l2 = (plan[2] & 2) != 0;
+  p.has_clusters = true;  // the emulation runs a cluster's blocks at once
+  p.clusters = (plan[2] >> 1) & 3;
   p.tokens = plan[0];
   p.splits = plan[1];
   ferrule_gemv::plan_wgmma(p, num_sms, capacity);
-  plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split;
+  plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split; plan[3] = p.in_clusters;
   if (workspace == nullptr) return 0;
   // As the binding: act-order layers gather x first (or, with gather_in_kernel, in the kernel),
   // and x that TMA cannot read is copied.
@@ -242,15 +243,16 @@ def emulated_mma(emulator):
 @pytest.fixture
 def emulated_wgmma(emulator):
     """``run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False,
-    add_in_l2=False)``: ``(out, plan)`` of the emulated cuda-gptq-wgmma, plan = ``(tokens,
-    splits, steps_per_split)``. With ``add_in_l2`` the workspace starts as NaN: the kernel
-    must not read what it did not write."""
+    clusters=0)``: ``(out, plan)`` of the emulated cuda-gptq-wgmma, plan = ``(tokens, splits,
+    steps_per_split, in_clusters)``; ``clusters`` as the kernel's (0 never, 1 where the plan
+    estimates it faster, 2 wherever it can). With clusters the workspace starts as NaN: split-K
+    in a cluster must not read it."""
 
-    def run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False, add_in_l2=False):
-        forced = (tokens, splits, int(gather_in_kernel) | 2 * int(add_in_l2))
-        fill = float("nan") if add_in_l2 else 0.0
+    def run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False, clusters=0):
+        forced = (tokens, splits, int(gather_in_kernel) | clusters << 1, 0)
+        fill = float("nan") if clusters else 0.0
         return run_emulated(
-            emulator.emulated_wgmma, layer, x, layer.input_perm, forced, 3, 1, plan_only, fill
+            emulator.emulated_wgmma, layer, x, layer.input_perm, forced, 4, 1, plan_only, fill
         )
 
     return run

@@ -62,20 +62,21 @@ def test_forced_tiles_and_split_k(emulated_wgmma, sorted_layer, tokens, splits, 
 
 @pytest.mark.parametrize(
     ("tokens", "splits", "rows"),
-    [(16, 2, 9), (32, 3, 30), (64, 4, 20), (128, 2, 130), (256, 3, 300), (256, 16, 20)],
+    [(16, 2, 9), (16, 8, 9), (32, 3, 30), (64, 4, 20), (128, 2, 130), (256, 3, 300), (256, 8, 20)],
 )
-def test_split_k_added_in_l2(emulated_wgmma, sorted_layer, tokens, splits, rows):
-    """The first block of a tile stores its sums, the next add theirs by atomics, the last adds
-    its own and writes the output: every split count from 2 (no block between), float4 sums a
-    thread (2 tiles) and float2 (256-row tiles), rows past M; the workspace starts as NaN and
-    the counters must end at zero (both checked by the fixture)."""
+def test_split_k_in_a_cluster(emulated_wgmma, sorted_layer, tokens, splits, rows):
+    """The tile's splits as one thread block cluster, run at once: each block stores the
+    8-token groups it does not own into their owners' rings and adds up its own: 2 to 8
+    ranks, ranks that own no group (16 rows in 8 splits), float4 sums for 2 tiles a thread and
+    for one (256-row tiles), rows past M. The workspace starts as NaN and is not read."""
     layer = sorted_layer(1024, 416, 128, True, False, seed=5)
     x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(6)).half()
-    plan = check(emulated_wgmma, layer, x, tokens=tokens, splits=splits, add_in_l2=True)
-    assert plan[0] == tokens and plan[1] == splits
-    planes, _ = emulated_wgmma(layer, x, tokens=tokens, splits=splits)
-    added, _ = emulated_wgmma(layer, x, tokens=tokens, splits=splits, add_in_l2=True)
-    assert relative_error(added, planes.double()) < 1e-3  # float32 sums in another order
+    plan = check(emulated_wgmma, layer, x, tokens=tokens, splits=splits, clusters=2)
+    assert plan[0] == tokens and plan[1] == splits and plan[3] == 1, plan
+    planes, plan = emulated_wgmma(layer, x, tokens=tokens, splits=splits)
+    assert plan[3] == 0
+    clustered, _ = emulated_wgmma(layer, x, tokens=tokens, splits=splits, clusters=2)
+    assert relative_error(clustered, planes.double()) < 1e-3  # float32 sums in another order
 
 
 @pytest.mark.parametrize(
@@ -102,11 +103,11 @@ def test_strided_and_large_inputs(emulated_wgmma, sorted_layer):
     check(emulated_wgmma, layer, x)
 
 
-def planned(emulator, m, k, n, num_sms=66, tokens=0, splits=0):
-    """``(tokens, splits, steps_per_split)`` the kernel plans for an ``[m, k] @ [k, n]``
-    problem on ``num_sms`` emulated multiprocessors of two resident blocks each (66: the
-    132 blocks an H100 or H200 holds at once). Nothing runs, so no tensors are needed."""
-    plan = (ctypes.c_int * 3)(tokens, splits, 0)
+def planned(emulator, m, k, n, num_sms=66, tokens=0, splits=0, clusters=0):
+    """``(tokens, splits, steps_per_split, in_clusters)`` the kernel plans for an ``[m, k] @
+    [k, n]`` problem on ``num_sms`` emulated multiprocessors of two resident blocks each (66:
+    the 132 blocks an H100 or H200 holds at once). Nothing runs, so no tensors are needed."""
+    plan = (ctypes.c_int * 4)(tokens, splits, clusters << 1, 0)
     pointers = [None] * 7  # perm, qweight, qzeros, scales, out, workspace, counters
     status = emulator.emulated_wgmma(
         None, 0, 0, *pointers, m, k, n, 128, num_sms, num_sms * 8, plan
@@ -116,7 +117,7 @@ def planned(emulator, m, k, n, num_sms=66, tokens=0, splits=0):
 
 
 def test_plan_up_to_32_rows_takes_one_small_tile_in_splits(emulator):
-    tokens, splits, per_split = planned(emulator, 16, 2048, 256, num_sms=4)
+    tokens, splits, per_split, _ = planned(emulator, 16, 2048, 256, num_sms=4)
     assert tokens == 16 and splits == 8 and per_split == 4  # 8 resident blocks, 4 steps each
     assert planned(emulator, 17, 2048, 256, num_sms=4)[0] == 32
     assert planned(emulator, 32, 4096, 4096)[:2] == (32, 8)  # 16 column blocks, 128 resident
@@ -151,12 +152,46 @@ def test_plan_from_33_rows_takes_the_least_estimated_time(emulator, m, k, n, exp
     assert planned(emulator, m, k, n)[:2] == expected
 
 
+@pytest.mark.parametrize(
+    ("m", "k", "n", "expected"),
+    [
+        # Split-K in clusters where the estimate prefers it, measured on an H200 (ratio to fp16
+        # of the workspace's plan -> in clusters): 4096x6144 at 64-256 rows (0.87x -> 1.05x,
+        # 0.64x -> 0.82x, 0.71x -> 0.79x), 4096x4096 at 512 (0.75x -> 0.82x), 14336x4096 at
+        # 512 (0.86x -> 0.99x), 4096x14336 at 64 / 128 (1.16x -> 1.28x, 0.88x -> 1.03x),
+        # 28672x8192 at 256 (1.00x -> 1.19x).
+        (64, 4096, 6144, (64, 4, 16, 1)),
+        (128, 4096, 6144, (128, 4, 16, 1)),
+        (256, 4096, 6144, (256, 2, 32, 1)),
+        (512, 4096, 4096, (256, 2, 32, 1)),
+        (512, 14336, 4096, (256, 2, 112, 1)),
+        (64, 4096, 14336, (64, 2, 32, 1)),
+        (128, 4096, 14336, (128, 2, 32, 1)),
+        (256, 28672, 8192, (256, 2, 224, 1)),
+        # The workspace where clusters would add a wave (120 blocks in clusters of 4 or 8: 128
+        # blocks ran 1.02x in clusters against 1.61x at 16 rows of 4096x4096) or cost more (6
+        # splits: 4-6% slower at 64 rows), and without a split.
+        (16, 4096, 4096, (16, 8, 8, 0)),
+        (64, 4096, 4096, (32, 4, 16, 0)),
+        (64, 14336, 4096, (64, 8, 28, 0)),
+        (64, 28672, 8192, (64, 4, 112, 0)),
+        (1024, 4096, 4096, (256, 1, 64, 0)),
+    ],
+)
+def test_plan_finishes_split_k_in_clusters_where_estimated_faster(emulator, m, k, n, expected):
+    assert planned(emulator, m, k, n, clusters=1) == expected
+    assert planned(emulator, m, k, n, clusters=0)[3] == 0
+
+
 def test_plan_keeps_forced_choices(emulator):
     assert planned(emulator, 512, 4096, 6144, tokens=64)[:2] == (64, 1)  # 192 tiles: 1 split
     assert planned(emulator, 512, 4096, 6144, splits=3)[1] == 3
-    assert planned(emulator, 100, 2048, 256, num_sms=4, tokens=128, splits=2) == (128, 2, 16)
+    assert planned(emulator, 100, 2048, 256, num_sms=4, tokens=128, splits=2) == (128, 2, 16, 0)
     for tokens in (16, 32, 64, 128, 256):  # a forced tile alone: its splits are chosen
-        chosen, splits, per_split = planned(emulator, 300, 2048, 256, num_sms=4, tokens=tokens)
+        chosen, splits, per_split, _ = planned(emulator, 300, 2048, 256, num_sms=4, tokens=tokens)
         assert chosen == tokens and splits >= 1 and splits * per_split >= 2048 // 64
     # no tile past the next power of two of M (nor 32-row tiles below it)
     assert planned(emulator, 40, 2048, 256, num_sms=4)[0] in (32, 64)
+    # clusters=2: in clusters wherever they fit, even a second wave (4 splits: 120 of 132)
+    assert planned(emulator, 64, 28672, 8192, tokens=64, splits=4, clusters=2)[1:] == (4, 112, 1)
+    assert planned(emulator, 64, 28672, 8192, tokens=64, splits=16, clusters=2)[3] == 0

@@ -37,13 +37,13 @@ class CudaGptqWgmma(CudaGptqGemv):
         # instead of a gather kernel first (on an H100, 3-4 rows: as fast or up to 15% faster
         # than gathering first). False: always gather first.
         self.gather_in_kernel = True
-        # Split-K finished by atomics in L2 (one plane of partial sums that each block adds to
-        # as it finishes) instead of every split's plane added up by the tile's last block.
-        # Off until measured on a GPU (written after the twelfth session's device time).
-        self.add_in_l2 = False
+        # Split-K finished in thread block clusters, the tile's splits adding up through each
+        # other's shared memory instead of a float32 workspace: 1 where the plan estimates it
+        # faster, 0 never, 2 wherever it can (benchmarks).
+        self.clusters = 1
 
     def _launch(self, rows: Tensor, scales: Tensor) -> Tensor:
         return self.module.gptq_wgmma(
             rows, self.perm, self.qweight, self.qzeros, scales, self.counters, self.group_size,
-            self.tokens, self.splits, self.gather_in_kernel, self.add_in_l2,
+            self.tokens, self.splits, self.gather_in_kernel, self.clusters,
         )  # fmt: skip

@@ -1,9 +1,10 @@
 // Runs the kernels of gptq_gemv.cu, gptq_mma.cu and gptq_wgmma.cu on the host, for tests on
 // machines without a GPU.
 //
-// One block at a time; its threads (256 or 384) are std::threads, __shared__ variables are
-// function statics (shared by the block's threads), __syncthreads is a barrier of the block
-// (named barrier 1: of its warpgroups but the first), and
+// One block at a time (or one thread block cluster, its blocks at once); its threads (256 or
+// 384) are std::threads, __shared__ variables are function statics (shared by the block's
+// threads; a kernel run in clusters keeps one copy a rank), __syncthreads is a barrier of the
+// block (named barrier 1: of its warpgroups but the first; barrier.cluster of the cluster), and
 // __shfl_xor_sync and mma.sync exchange through slots per lane with a barrier of the warp
 // (wgmma: of the warpgroup; a wgmma runs when wgmma.wait_group retires its group, as late as
 // the device may run it). cp.async copies at once; an mbarrier is a word of shared memory
@@ -28,7 +29,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -48,39 +48,57 @@
 namespace emulation {
 constexpr int kMaxThreads = 384;
 constexpr int kWarps = kMaxThreads / 32;
-inline std::barrier<>* block_barrier = nullptr;
-inline std::barrier<>* named_barrier = nullptr;  // of all warpgroups but the first
-inline int named_barrier_threads = 0;
-inline std::barrier<>* warp_barrier[kWarps];
-inline float warp_slots[kWarps][32];
+constexpr int kMaxCluster = 8;
 struct MmaSlot {
   uint32_t a[4];
   uint32_t b[2];
 };
-inline MmaSlot mma_slots[kWarps][32];
-inline std::barrier<>* group_barrier[kWarps / 4];
-inline uint32_t wgmma_slots[kWarps / 4][128][4];
+// What the threads of one block share besides its __shared__ variables: its barriers and the
+// slots through which shuffles and (wg)mma fragments are exchanged.
+struct Block {
+  explicit Block(int threads)
+      : all(threads),
+        named(std::max(threads - 128, 1)),
+        named_threads(threads - 128) {
+    for (int w = 0; w < threads / 32; ++w) warp[w] = std::make_unique<std::barrier<>>(32);
+    for (int w = 0; w < threads / 128; ++w) group[w] = std::make_unique<std::barrier<>>(128);
+  }
+  std::barrier<> all;
+  std::barrier<> named;  // of all warpgroups but the first
+  int named_threads;
+  std::unique_ptr<std::barrier<>> warp[kWarps];
+  std::unique_ptr<std::barrier<>> group[kWarps / 4];
+  float warp_slots[kWarps][32];
+  MmaSlot mma_slots[kWarps][32];
+  uint32_t wgmma_slots[kWarps / 4][128][4];
+};
+inline thread_local Block* block = nullptr;              // this thread's block
+inline thread_local std::barrier<>* cluster = nullptr;   // of every thread of its cluster
 }  // namespace emulation
 
 inline thread_local dim3 threadIdx;
 inline thread_local dim3 blockIdx;
 inline dim3 gridDim;
 
-inline void __syncthreads() { emulation::block_barrier->arrive_and_wait(); }
+inline void __syncthreads() { emulation::block->all.arrive_and_wait(); }
 // bar.sync 1, count: the device's named barrier, here only ever the threads of every warpgroup
 // but the first (gptq_wgmma.cu's consumers).
 inline void emulated_named_barrier(int count) {
-  if (count != emulation::named_barrier_threads) std::abort();
-  emulation::named_barrier->arrive_and_wait();
+  if (count != emulation::block->named_threads) std::abort();
+  emulation::block->named.arrive_and_wait();
 }
+// barrier.cluster: every thread of the cluster's blocks (which run at once).
+inline void emulated_cluster_barrier() { emulation::cluster->arrive_and_wait(); }
+inline void __syncwarp() { emulation::block->warp[threadIdx.x >> 5]->arrive_and_wait(); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline float __shfl_xor_sync(unsigned, float value, int offset) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  emulation::warp_slots[warp][lane] = value;
-  emulation::warp_barrier[warp]->arrive_and_wait();
-  const float other = emulation::warp_slots[warp][lane ^ offset];
-  emulation::warp_barrier[warp]->arrive_and_wait();
+  emulation::Block& b = *emulation::block;
+  b.warp_slots[warp][lane] = value;
+  b.warp[warp]->arrive_and_wait();
+  const float other = b.warp_slots[warp][lane ^ offset];
+  b.warp[warp]->arrive_and_wait();
   return other;
 }
 template <class T>
@@ -90,31 +108,6 @@ inline T __ldg(const T* p) { return *p; }
 template <class T>
 inline T __ldcg(const T* p) { return *p; }
 inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-// sm_90's vector float atomics: one block runs at a time and its threads add to their own
-// elements, so a lock only orders them against nothing; it keeps the emulation honest anyway.
-inline std::mutex& float_atomics() {
-  static std::mutex lock;
-  return lock;
-}
-inline float4 atomicAdd(float4* p, float4 v) {
-  const std::lock_guard<std::mutex> hold(float_atomics());
-  const float4 old = *p;
-  *p = make_float4(old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w);
-  return old;
-}
-inline float2 atomicAdd(float2* p, float2 v) {
-  const std::lock_guard<std::mutex> hold(float_atomics());
-  const float2 old = *p;
-  *p = make_float2(old.x + v.x, old.y + v.y);
-  return old;
-}
-// A poll that never ends would hang the tests: blocks run one at a time, so whatever a block
-// waits for must already have happened.
-inline void __nanosleep(unsigned) {
-  thread_local long polls = 0;
-  if (++polls > (1L << 24)) std::abort();
-  std::this_thread::yield();
-}
 inline float __uint_as_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
@@ -145,10 +138,11 @@ inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
 inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  auto& mine = emulation::mma_slots[warp][lane];
+  emulation::Block& block = *emulation::block;
+  auto& mine = block.mma_slots[warp][lane];
   std::memcpy(mine.a, a, sizeof mine.a);
   std::memcpy(mine.b, b, sizeof mine.b);
-  emulation::warp_barrier[warp]->arrive_and_wait();
+  block.warp[warp]->arrive_and_wait();
   auto half_of = [](uint32_t word, int which) {
     __half h;
     const uint16_t bits = static_cast<uint16_t>(which ? word >> 16 : word & 0xFFFFu);
@@ -156,11 +150,11 @@ inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint
     return __half2float(h);
   };
   auto a_at = [&](int row, int k) {
-    const auto& slot = emulation::mma_slots[warp][(row % 8) * 4 + (k % 8) / 2];
+    const auto& slot = block.mma_slots[warp][(row % 8) * 4 + (k % 8) / 2];
     return half_of(slot.a[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2);
   };
   auto b_at = [&](int k, int col) {
-    const auto& slot = emulation::mma_slots[warp][col * 4 + (k % 8) / 2];
+    const auto& slot = block.mma_slots[warp][col * 4 + (k % 8) / 2];
     return half_of(slot.b[k >= 8 ? 1 : 0], k % 2);
   };
   const int g = lane >> 2, c = lane & 3;
@@ -171,7 +165,7 @@ inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint
     for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
     d[e] = sum;
   }
-  emulation::warp_barrier[warp]->arrive_and_wait();
+  block.warp[warp]->arrive_and_wait();
 }
 
 // wgmma.mma_async m64nNk16, f32 += f16 x f16 (or = with scale-d 0), A from registers, B K-major in shared memory with
@@ -202,8 +196,9 @@ inline void emulated_wgmma_run(float* d, int n, const uint32_t* a, uint64_t desc
                                const char* base, bool accumulate) {
   const int t = threadIdx.x & 127;
   const int group = threadIdx.x >> 7;
-  std::memcpy(emulation::wgmma_slots[group][t], a, 4 * sizeof(uint32_t));
-  emulation::group_barrier[group]->arrive_and_wait();
+  emulation::Block& block = *emulation::block;
+  std::memcpy(block.wgmma_slots[group][t], a, 4 * sizeof(uint32_t));
+  block.group[group]->arrive_and_wait();
   const uint32_t start = static_cast<uint32_t>(desc & 0x3FFFu) << 4;
   const uint32_t stride = static_cast<uint32_t>((desc >> 32) & 0x3FFFu) << 4;
   if ((desc >> 62) != 1) std::abort();  // only the 128-byte swizzle is emulated
@@ -215,7 +210,7 @@ inline void emulated_wgmma_run(float* d, int n, const uint32_t* a, uint64_t desc
   };
   auto a_at = [&](int row, int k) {
     const int lane = (row % 8) * 4 + (k % 8) / 2;
-    const uint32_t* slot = emulation::wgmma_slots[group][32 * (row / 16) + lane];
+    const uint32_t* slot = block.wgmma_slots[group][32 * (row / 16) + lane];
     return half_at(slot[(row % 16 >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2);
   };
   auto b_at = [&](int k, int col) {
@@ -235,7 +230,7 @@ inline void emulated_wgmma_run(float* d, int n, const uint32_t* a, uint64_t desc
       d[4 * i + e] = (accumulate ? d[4 * i + e] : 0.0f) + sum;
     }
   }
-  emulation::group_barrier[group]->arrive_and_wait();
+  block.group[group]->arrive_and_wait();
 }
 
 // mbarrier: bits 0-11 the arrivals still pending in this phase, 12-23 the arrivals a phase
@@ -324,44 +319,50 @@ inline void emulated_wgmma_wait(int pending) {
   }
 }
 
-// Replaces `kernel<<<grid, threads, shared, stream>>>(args...)`.
+// Replaces `kernel<<<grid, threads, shared, stream>>>(args...)`. One block at a time, or with
+// clusters of `cluster_y` blocks along y (above 1), one cluster at a time, its blocks at once
+// (each rank's shared memory apart: see cluster_rank). Each block's threads are threads.
 template <class Kernel, class... Args>
-void emulate_launch(Kernel kernel, dim3 grid, int threads_per_block, const Args&... args) {
+void emulate_launch(Kernel kernel, dim3 grid, int threads_per_block, int cluster_y,
+                    const Args&... args) {
   if (threads_per_block % 128 || threads_per_block > emulation::kMaxThreads) std::abort();
-  const int warps_per_block = threads_per_block / 32;
+  if (cluster_y < 1 || cluster_y > emulation::kMaxCluster || grid.y % cluster_y) std::abort();
   gridDim = grid;
   for (unsigned z = 0; z < grid.z; ++z) {
-    for (unsigned y = 0; y < grid.y; ++y) {
+    for (unsigned y0 = 0; y0 < grid.y; y0 += cluster_y) {
       for (unsigned x = 0; x < grid.x; ++x) {
-        std::barrier<> block(threads_per_block);
-        std::vector<std::unique_ptr<std::barrier<>>> warps;
-        for (int w = 0; w < warps_per_block; ++w) {
-          warps.push_back(std::make_unique<std::barrier<>>(32));
-          emulation::warp_barrier[w] = warps.back().get();
+        std::vector<std::unique_ptr<emulation::Block>> blocks;
+        for (int r = 0; r < cluster_y; ++r) {
+          blocks.push_back(std::make_unique<emulation::Block>(threads_per_block));
         }
-        std::vector<std::unique_ptr<std::barrier<>>> groups;
-        for (int w = 0; w < warps_per_block / 4; ++w) {
-          groups.push_back(std::make_unique<std::barrier<>>(128));
-          emulation::group_barrier[w] = groups.back().get();
-        }
-        emulation::block_barrier = &block;
-        std::barrier<> named(std::max(threads_per_block - 128, 1));
-        emulation::named_barrier = &named;
-        emulation::named_barrier_threads = threads_per_block - 128;
+        std::barrier<> cluster(threads_per_block * cluster_y);
         std::vector<std::thread> threads;
-        for (int t = 0; t < threads_per_block; ++t) {
-          threads.emplace_back([&, t] {
-            threadIdx = dim3(static_cast<unsigned>(t), 0, 0);
-            blockIdx = dim3(x, y, z);
-            kernel(args...);
-            // A kernel must wait for its wgmmas before it ends.
-            if (!emulation::wgmma_open.empty() || !emulation::wgmma_groups.empty()) std::abort();
-          });
+        for (int r = 0; r < cluster_y; ++r) {
+          for (int t = 0; t < threads_per_block; ++t) {
+            threads.emplace_back([&, r, t] {
+              emulation::block = blocks[r].get();
+              emulation::cluster = &cluster;
+              threadIdx = dim3(static_cast<unsigned>(t), 0, 0);
+              blockIdx = dim3(x, y0 + r, z);
+              kernel(args...);
+              // A kernel must wait for its wgmmas before it ends.
+              if (!emulation::wgmma_open.empty() || !emulation::wgmma_groups.empty()) std::abort();
+            });
+          }
         }
         for (auto& thread : threads) thread.join();
       }
     }
   }
+}
+
+// Clusters of `size` blocks resident at once, where `fallback` is the GPU's blocks over `size`:
+// for 132 blocks (66 emulated multiprocessors of two), what an H200 reports for the wgmma
+// kernel (one block a multiprocessor; a cluster's blocks share a GPC, so 117 blocks in clusters
+// of 3, 120 of 4, 102 of 6), else the fallback.
+inline int emulated_resident_clusters(int size, int fallback) {
+  constexpr int kH200[9] = {0, 132, 66, 39, 30, 22, 17, 15, 15};
+  return fallback * size <= 132 && fallback * size > 132 - size && size <= 8 ? kH200[size] : fallback;
 }
 
 // The occupancy query: two resident blocks a multiprocessor.

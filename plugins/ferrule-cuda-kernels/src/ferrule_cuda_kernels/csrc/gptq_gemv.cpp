@@ -128,6 +128,7 @@ ferrule_gemv::Problem problem_for(const char* kernel, const torch::Tensor& x,
   p.bits = static_cast<int>(bits);
   p.bf16 = x.scalar_type() == at::kBFloat16;
   p.pdl = capability_of(x).first >= 9;
+  p.has_clusters = p.pdl;  // sm_90 and later
   return p;
 }
 
@@ -141,9 +142,8 @@ torch::Tensor run(ferrule_gemv::Problem& p, const torch::Tensor& x, const torch:
   p.out = out.data_ptr();
   plan(p, multiprocessors(), counters.numel());
   torch::Tensor workspace;
-  if (p.splits > 1) {
-    const int64_t planes = p.add_in_l2 ? 1 : p.splits;
-    workspace = torch::empty({planes, p.M, p.N}, x.options().dtype(at::kFloat));
+  if (p.splits > 1 && !p.in_clusters) {
+    workspace = torch::empty({p.splits, p.M, p.N}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
   C10_CUDA_CHECK(launch(p, c10::cuda::getCurrentCUDAStream().stream()));
@@ -199,12 +199,12 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
 // y [M, N] = x [M, K] @ W with cuda-gptq-wgmma (float16, 4-bit, sm_90). Act-order layers gather
 // x[:, perm] first, or with gather_in_kernel (up to 4 rows) in the kernel; x that TMA cannot
 // read as it is is copied first (wgmma_gathers_first). tokens and splits force the plan's
-// choices (0: choose), for tuning; add_in_l2 finishes split-K by atomics (Problem::add_in_l2).
+// choices (0: choose), for tuning; clusters (0, 1, 2) as Problem::clusters.
 torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
                          const torch::Tensor& qweight, const torch::Tensor& qzeros,
                          const torch::Tensor& scales, const torch::Tensor& counters,
                          int64_t group_size, int64_t tokens, int64_t splits,
-                         bool gather_in_kernel, bool add_in_l2) {
+                         bool gather_in_kernel, int64_t clusters) {
   auto p = problem_for("cuda-gptq-wgmma", x, perm, qweight, qzeros, scales, counters, 4,
                        group_size);
   TORCH_CHECK(!p.bf16, "cuda-gptq-wgmma: x must be float16, got ", x.scalar_type());
@@ -223,7 +223,9 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tens
   }
   p.tokens = static_cast<int>(tokens);
   p.splits = static_cast<int>(splits);
-  p.add_in_l2 = add_in_l2;
+  TORCH_CHECK(clusters >= 0 && clusters <= 2, "cuda-gptq-wgmma: clusters must be 0, 1 or 2, got ",
+              clusters);
+  p.clusters = static_cast<int>(clusters);
   torch::Tensor gathered;
   if (ferrule_gemv::wgmma_gathers_first(p, gather_in_kernel)) {
     gathered = gather_first(p, x, /*always=*/true);
@@ -240,6 +242,7 @@ ferrule_gemv::Problem shape_problem(int64_t M, int64_t K, int64_t N, int64_t bit
   p.N = static_cast<int>(N);
   p.bits = static_cast<int>(bits);
   p.group_size = static_cast<int>(K);
+  p.has_clusters = capability_major() >= 9;  // the current device's
   return p;
 }
 
@@ -261,14 +264,22 @@ std::vector<int64_t> gptq_mma_plan(int64_t M, int64_t K, int64_t N, int64_t coun
   return {p.tokens, p.loads, p.warps_k, p.splits, p.units_per_split};
 }
 
-// (tokens, splits, steps_per_split) that gptq_wgmma would use.
+// (tokens, splits, steps_per_split, in_clusters) that gptq_wgmma would use.
 std::vector<int64_t> gptq_wgmma_plan(int64_t M, int64_t K, int64_t N, int64_t counter_capacity,
-                                     int64_t tokens, int64_t splits) {
+                                     int64_t tokens, int64_t splits, int64_t clusters) {
   auto p = shape_problem(M, K, N, 4);
   p.tokens = static_cast<int>(tokens);
   p.splits = static_cast<int>(splits);
+  p.clusters = static_cast<int>(clusters);
   ferrule_gemv::plan_wgmma(p, multiprocessors(), counter_capacity);
-  return {p.tokens, p.splits, p.units_per_split};
+  return {p.tokens, p.splits, p.units_per_split, p.in_clusters};
+}
+
+// Blocks of cuda-gptq-wgmma's `tokens`-row tiles the current device holds at once, in thread
+// block clusters of `splits` when above 1 (the plan's residency; 0: not in clusters).
+int64_t gptq_wgmma_resident(int64_t tokens, int64_t splits) {
+  return ferrule_gemv::wgmma_resident(static_cast<int>(tokens), static_cast<int>(splits),
+                                      multiprocessors());
 }
 
 }  // namespace
@@ -281,5 +292,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(tokens, loads, warps_k, splits, units_per_split) for a shape");
   m.def("gptq_wgmma", &gptq_wgmma,
         "y = x @ W for a GPTQ 4-bit layer, float16 x, sm_90 (cuda-gptq-wgmma)");
-  m.def("gptq_wgmma_plan", &gptq_wgmma_plan, "(tokens, splits, steps_per_split) for a shape");
+  m.def("gptq_wgmma_plan", &gptq_wgmma_plan,
+        "(tokens, splits, steps_per_split, in_clusters) for a shape");
+  m.def("gptq_wgmma_resident", &gptq_wgmma_resident,
+        "blocks of a tile size resident at once, in clusters of `splits` when above 1");
 }

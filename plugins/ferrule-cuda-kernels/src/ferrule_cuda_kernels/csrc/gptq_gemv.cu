@@ -67,8 +67,11 @@ namespace {
 #ifndef FERRULE_GEMV_STAGES
 #define FERRULE_GEMV_STAGES 1
 #endif
-#ifndef FERRULE_GEMV_STAGES_ONE_ROW
-#define FERRULE_GEMV_STAGES_ONE_ROW 2
+#ifndef FERRULE_GEMV_FEW_ROWS
+#define FERRULE_GEMV_FEW_ROWS 1  // rows of x up to which the next two apply
+#endif
+#ifndef FERRULE_GEMV_FEW_ROW_STAGES
+#define FERRULE_GEMV_FEW_ROW_STAGES 2
 #endif
 #ifndef FERRULE_GEMV_MIN_BLOCKS
 #define FERRULE_GEMV_MIN_BLOCKS 2
@@ -79,7 +82,7 @@ constexpr int kTileN = 32 * 4;        // columns of one block: 32 lanes x 4 colu
 constexpr int kUnitWords = 4;         // packed rows sharing one (scale, zero) load
 // Units a warp holds in registers (4 loads each), by rows of x.
 template <int ROWS>
-constexpr int kStagesFor = ROWS == 1 ? FERRULE_GEMV_STAGES_ONE_ROW : FERRULE_GEMV_STAGES;
+constexpr int kStagesFor = ROWS <= FERRULE_GEMV_FEW_ROWS ? FERRULE_GEMV_FEW_ROW_STAGES : FERRULE_GEMV_STAGES;
 constexpr int kStageOctets = 2;  // octets of x (8 rows of K) a thread stages at once
 constexpr int kMaxTileRows = 8;
 // Rows of K whose x is staged in shared memory at once: 32 KB of float32 whatever ROWS is.
@@ -112,7 +115,7 @@ struct Codes {
 // One row of x (decode) with two units held fits 128 registers: two blocks a multiprocessor.
 // More rows keep the compiler's choice (0: no minimum; 2 rows take 127 registers, 2 blocks).
 template <int ROWS>
-constexpr int kMinBlocks = ROWS == 1 ? FERRULE_GEMV_MIN_BLOCKS : 0;
+constexpr int kMinBlocks = ROWS <= FERRULE_GEMV_FEW_ROWS ? FERRULE_GEMV_MIN_BLOCKS : 0;
 
 // The weight words, scales and zeros of one unit, held in registers from load to use.
 struct Unit {

@@ -21,8 +21,8 @@ struct Problem {
   const int32_t* qzeros;   // [G, N * bits / 32], packed along N (gptq_v2: the true zero)
   const void* scales;      // [G, N], the activation dtype
   void* out;               // [M, N] contiguous, the activation dtype
-  float* workspace;        // [splits, M, N] float32 partial sums, when splits > 1 ([M, N]
-                           // with add_in_l2)
+  float* workspace;        // [splits, M, N] float32 partial sums, when splits > 1 (and not
+                           // in_clusters)
   int32_t* counters;       // one per output tile, zero between launches (the kernel resets them)
   int M;
   int K;
@@ -32,6 +32,7 @@ struct Problem {
   int bits;        // 4 or 8
   bool bf16;       // activations (and scales) are bfloat16, else float16
   bool pdl;        // launch with programmatic dependent launch (sm_90 and later)
+  bool has_clusters;  // the device runs thread block clusters (sm_90 and later)
   // Filled by plan():
   int tile_rows;        // rows of x one block serves: 1, 2, 4 or 8
   int splits;           // blocks sharing one output tile along K (split-K)
@@ -40,9 +41,11 @@ struct Problem {
   int tokens;   // rows of x one block serves: 8, 16, 32 or 64 (cuda-gptq-wgmma: 16 to 256)
   int loads;    // 16-byte weight loads a thread makes per unit: 1 or 2 (32 columns each a warp)
   int warps_k;  // warps of a block that split its K range (1, 2, 4, 8); the rest split columns
-  // cuda-gptq-wgmma only: split-K's partial sums added into one [M, N] plane by atomics in L2
-  // as the blocks finish, instead of a plane a split added up by the tile's last block.
-  bool add_in_l2;
+  // cuda-gptq-wgmma only: split-K finished in thread block clusters (sm_90): 0 never, 1 where
+  // the plan estimates it faster, 2 wherever it can (benchmarks); set by the caller. The
+  // plan's choice: in_clusters (no workspace, no counters).
+  int clusters;
+  bool in_clusters;
 };
 
 // Rows of K one unit covers: 4 packed words, so 32 at 4 bits and 16 at 8 bits. A group must
@@ -88,6 +91,9 @@ cudaError_t gather_rows(const Problem& p, void* out, int num_sms, cudaStream_t s
 // a split).
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity);
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream);
+// Blocks of `tokens`-row tiles the device holds at once, in clusters of `splits` when above 1
+// (0 where they cannot finish in clusters).
+int64_t wgmma_resident(int tokens, int splits, int num_sms);
 // Whether cuda-gptq-wgmma's caller should run gather_rows first (x[:, perm], or without perm a
 // contiguous copy) and launch without perm: act-order rows unless the kernel gathers them
 // (gather_in_kernel, up to 4 rows, perm 16-byte aligned), and x that TMA cannot read as it is.

@@ -36,8 +36,9 @@
 // the next is dequantized (up to 32 rows, a step's two units, then one wait a step). Splitting
 // K across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a
 // float32 workspace, the last block of a tile adds), the adding done by the consumers alone;
-// or, opt-in (Problem::add_in_l2), by atomics into one plane as the blocks finish
-// (finish_in_l2).
+// or, where the plan estimates it faster (Problem::in_clusters), in a thread block cluster of
+// the tile's splits, each block adding up a share of the tile from what the others store
+// into its shared memory (distributed shared memory), without the workspace.
 //
 // How it got here (H100, ratio to fp16 cuBLAS at 1024 rows on 28672x8192): every warpgroup
 // loading its own weight and cp.async-copying x behind block barriers, 0.62x (latency-bound,
@@ -53,6 +54,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cstdint>
 #include <cstring>
 
@@ -110,6 +112,8 @@ constexpr int block_cols_for(int tokens) {
 }
 constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
 constexpr int kMinStepsPerSplit = 4;
+// Split-K in a thread block cluster (Problem::in_clusters): up to the portable cluster size.
+constexpr int kMaxClusterSplits = 8;
 constexpr int kAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 128 bytes
 // A stage: x's tile (TOKENS rows of 128 bytes, swizzled), the step's packed words (8 word rows
 // of each 32 columns of the block, swizzled, chunk after chunk), and the step's group's scales
@@ -565,86 +569,6 @@ __device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh,
   }
 }
 
-// Split-K finished in L2 (Problem::add_in_l2): the tile's blocks take tickets in the order
-// they finish their K range. The first stores its sums into the one [M, N] float32 plane, the
-// next ones add theirs to it by vector atomics (performed in L2) once it has, and the last,
-// once every other block is done, reads the plane, adds its own sums and writes the output.
-// So the last block reads one plane instead of every split's (with the planes, 32 blocks read
-// 16 MB alone at 256 rows of 4096x4096 in 4 splits, ~half of the kernel's time: H200). The
-// tile's counter holds the ticket in bits 0-15 and the blocks done in bits 16 and up; a block
-// waits only for blocks that took a ticket before it, which are running, so no block waits on
-// one that is not resident. The last block resets the counter.
-constexpr int kDoneOne = 1 << 16;
-constexpr int kTicketMask = kDoneOne - 1;
-
-// *to += v, performed in L2: sm_90's vector atomics (float2 and float4). Elsewhere the kernel
-// never runs (the binding refuses it), so nothing is compiled.
-template <class V>
-__device__ __forceinline__ void add_in_l2(V* to, V v) {
-#if FERRULE_WGMMA || (defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__))
-  atomicAdd(to, v);
-#else
-  (void)to;
-  (void)v;
-#endif
-}
-
-// The consumers wait until `need` blocks of the tile are done (worker 0 polls the counter),
-// then may read what those blocks wrote.
-__device__ __forceinline__ void wait_done(int32_t* counter, int need, int worker) {
-  if (worker == 0) {
-    while ((atomicAdd(counter, 0) >> 16) < need) __nanosleep(64);
-  }
-  __threadfence();
-  consumers_sync();
-}
-
-template <int COLS, class EachRow, class StoreOut>
-__device__ __forceinline__ void finish_in_l2(const Problem& p, int tile, int splits, int worker,
-                                             EachRow&& each_row, StoreOut&& store_out) {
-  __shared__ int block_ticket;
-  int32_t* const counter = p.counters + tile;
-  consumers_sync();
-  if (worker == 0) block_ticket = atomicAdd(counter, 1) & kTicketMask;
-  consumers_sync();
-  const int ticket = block_ticket;
-  const bool last = ticket == splits - 1;
-  if (ticket > 0) wait_done(counter, last ? splits - 1 : 1, worker);
-  float* const plane = p.workspace;
-  each_row([&](size_t at, const float (&v)[COLS]) {
-    if constexpr (COLS == 4) {
-      float4* const to = reinterpret_cast<float4*>(plane + at);
-      if (ticket == 0) {
-        *to = make_float4(v[0], v[1], v[2], v[3]);
-      } else if (!last) {
-        add_in_l2(to, make_float4(v[0], v[1], v[2], v[3]));
-      } else {
-        const float4 sum = __ldcg(to);
-        const float total[4] = {sum.x + v[0], sum.y + v[1], sum.z + v[2], sum.w + v[3]};
-        store_out(at, total);
-      }
-    } else {
-      float2* const to = reinterpret_cast<float2*>(plane + at);
-      if (ticket == 0) {
-        *to = make_float2(v[0], v[1]);
-      } else if (!last) {
-        add_in_l2(to, make_float2(v[0], v[1]));
-      } else {
-        const float2 sum = __ldcg(to);
-        const float total[2] = {sum.x + v[0], sum.y + v[1]};
-        store_out(at, total);
-      }
-    }
-  });
-  if (!last) {
-    __threadfence();
-    consumers_sync();
-    if (worker == 0) atomicAdd(counter, kDoneOne);
-  } else if (worker == 0) {
-    *counter = 0;  // every other block of the tile is done with it
-  }
-}
-
 template <int TOKENS>
 __global__ void __launch_bounds__(kThreads, 1)
     gptq_wgmma_kernel(const __grid_constant__ Problem p, const __grid_constant__ Maps maps) {
@@ -655,7 +579,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int S = kStages<TOKENS>;
   static_assert(S >= 3 && S <= kMaxStages, "stages");
 #ifdef FERRULE_GEMV_EMULATED
-  __shared__ __align__(1024) char raw[kSharedBytes<TOKENS>];
+  // A cluster's blocks run at once in the emulation: a copy a rank.
+  struct alignas(1024) RankShared {
+    char bytes[kSharedBytes<TOKENS>];
+  };
+  __shared__ RankShared ranks[kMaxClusterSplits];
+  char* const raw = ranks[p.in_clusters ? blockIdx.y : 0].bytes;
 #else
   extern __shared__ __align__(16) char raw[];
 #endif
@@ -747,6 +676,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       gather_tiles<TOKENS>(p, sh, t, row0, step_begin, step_end, empty, full);
     }
     common::release_dependents();
+    if (p.in_clusters) {  // the consumers' two cluster barriers (finish_in_cluster) count it
+      __syncwarp();
+      common::cluster_sync();
+      common::cluster_sync();
+    }
   } else {
     // Consumer: reads a step's words from its stage, dequantizes them a 32-row unit at a time
     // into fragments and issues each unit's wgmmas while dequantizing the ones after.
@@ -995,8 +929,75 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int tile = blockIdx.z * gridDim.x + blockIdx.x;
     if (splits == 1) {
       each_row(store_out);
-    } else if (p.add_in_l2) {
-      finish_in_l2<kCols>(p, tile, splits, worker, each_row, store_out);
+    } else if (p.in_clusters) {
+      // Split-K in a thread block cluster (the tile's splits; rank = blockIdx.y): the sums of
+      // 8-token group g (acc[j][4 g .. 4 g + 3]) belong to rank g % splits. Once every block
+      // of the cluster is done with its ring (the first barrier), each stores the groups it
+      // does not own into their owners' rings (distributed shared memory), slot [source rank
+      // among the others][g / splits][tile j][worker] of float4s; after the second, each adds
+      // what it was sent to its own groups and writes them. No global workspace or counter.
+      constexpr int kGroups = kSums / 4;
+      const int rank = static_cast<int>(blockIdx.y);
+      const int per_rank = (kGroups + splits - 1) / splits;
+      auto slot_at = [&](int slot, int g, int j) {
+        return 16 * (((slot * per_rank + g / splits) * kT + j) * 128 * kConsumers + worker);
+      };
+      common::cluster_sync();
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        const int owner = g % splits;
+        if (owner == rank) continue;
+        const int slot = rank < owner ? rank : rank - 1;
+#pragma unroll
+        for (int j = 0; j < kT; ++j) {
+          const float4 v = make_float4(acc[j][4 * g], acc[j][4 * g + 1], acc[j][4 * g + 2], acc[j][4 * g + 3]);
+#if FERRULE_WGMMA
+          uint32_t remote;
+          asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(sh.at(slot_at(slot, g, j))), "r"(owner));
+          asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(remote), "f"(v.x), "f"(v.y), "f"(v.z),
+                       "f"(v.w)
+                       : "memory");
+#elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
+          *reinterpret_cast<float4*>(ranks[owner].bytes + slot_at(slot, g, j)) = v;
+#else
+          (void)v, (void)slot;  // no wgmma, no launch (the binding refuses other devices)
+#endif
+        }
+      }
+      common::cluster_sync();
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        if (g % splits != rank) continue;
+        float sum[kT][4];
+#pragma unroll
+        for (int j = 0; j < kT; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sum[j][e] = acc[j][4 * g + e];
+        }
+        for (int slot = 0; slot < splits - 1; ++slot) {
+#pragma unroll
+          for (int j = 0; j < kT; ++j) {
+            const float4 v = *reinterpret_cast<const float4*>(smem + slot_at(slot, g, j));
+            sum[j][0] += v.x;
+            sum[j][1] += v.y;
+            sum[j][2] += v.z;
+            sum[j][3] += v.w;
+          }
+        }
+        if (col >= N) continue;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int token = row0 + 8 * g + 2 * c + e;
+          if (token >= M) continue;
+          float v[kCols];
+#pragma unroll
+          for (int j = 0; j < kT; ++j) {
+            v[2 * j] = sum[j][e];
+            v[2 * j + 1] = sum[j][2 + e];
+          }
+          store_out(static_cast<size_t>(token) * N + col, v);
+        }
+      }
     } else {
       // Split-K: every block writes its plane of partial sums; the consumers of the tile's last
       // block add the planes up (the producer has left: at its 40 registers ptxas would spill
@@ -1081,9 +1082,20 @@ cudaError_t make_maps(const Problem& p, int tokens, Maps& maps) {
 template <int TOKENS>
 struct Kernel {
   static constexpr auto kKernel = gptq_wgmma_kernel<TOKENS>;
+  static constexpr std::integral_constant<int, TOKENS> kTokens{};
   static int occupancy() {
     static const int blocks = common::resident_blocks(kKernel, kThreads, kSharedBytes<TOKENS>);
     return blocks;
+  }
+  // Clusters of `splits` blocks the GPU holds at once (2 to kMaxClusterSplits; `fallback` in the
+  // emulation).
+  static int64_t clusters(int splits, int64_t fallback) {
+    static int cached[kMaxClusterSplits + 1] = {};
+    if (cached[splits] == 0) {
+      cached[splits] = 1 + common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS>,
+                                                     static_cast<int>(std::min<int64_t>(fallback, 1 << 20)));
+    }
+    return cached[splits] - 1;
   }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     static const cudaError_t allowed = common::allow_shared(kKernel, kSharedBytes<TOKENS>);
@@ -1093,8 +1105,8 @@ struct Kernel {
     if (made != cudaSuccess) return made;
     const dim3 grid((p.N + kBlockCols<TOKENS> - 1) / kBlockCols<TOKENS>, p.splits,
                     (p.M + TOKENS - 1) / TOKENS);
-    return common::launch_kernel(kKernel, grid, kThreads, kSharedBytes<TOKENS>, stream, p.pdl, p,
-                                 maps);
+    return common::launch_in_clusters(kKernel, grid, p.in_clusters ? p.splits : 1, kThreads,
+                                      kSharedBytes<TOKENS>, stream, p.pdl, p, maps);
   }
 };
 
@@ -1116,6 +1128,34 @@ int64_t resident_for(const Problem& p, int tokens, int num_sms) {
   Problem q = p;
   q.tokens = tokens;
   return static_cast<int64_t>(num_sms) * dispatch(q, [](auto k) { return decltype(k)::occupancy(); });
+}
+
+// Bytes of the ring a block receives into in a cluster of `splits` (finish in cluster: the
+// other ranks' float4s of its 8-token groups, for its 256 consumer threads and kTiles tiles).
+template <int TOKENS>
+constexpr int64_t cluster_bytes(int splits) {
+  const int groups = TOKENS / 8;
+  return int64_t{16} * 128 * kConsumers * kTiles<TOKENS> * (splits - 1) *
+         ((groups + splits - 1) / splits);
+}
+
+// Whether `splits` blocks of `tokens`-row tiles may finish in a thread block cluster (the
+// device has them, 2 to kMaxClusterSplits splits, what a block receives fits its ring), and
+// then the blocks the GPU holds at once in such clusters (else 0).
+int64_t cluster_resident(const Problem& p, int tokens, int64_t splits, int num_sms) {
+  if (!p.has_clusters || splits < 2 || splits > kMaxClusterSplits) return 0;
+  Problem q = p;
+  q.tokens = tokens;
+  const int64_t blocks = resident_for(p, tokens, num_sms);
+  return dispatch(q, [&](auto k) -> int64_t {
+    using K = decltype(k);
+    constexpr int kTokens = decltype(K::kTokens)::value;
+    if (cluster_bytes<kTokens>(static_cast<int>(splits)) >
+        int64_t{kStages<kTokens>} * kStageBytes<kTokens>) {
+      return 0;
+    }
+    return splits * K::clusters(static_cast<int>(splits), blocks / splits);
+  });
 }
 
 int64_t tiles_for(const Problem& p, int tokens) {
@@ -1147,18 +1187,60 @@ double wgmma_step_cost(int tokens) {
 constexpr double kSplitFixed = 0.4;
 constexpr double kSplitEach = 0.75;
 constexpr double kSplitPerMegabyte = 0.6;
+// Split-K in a thread block cluster: two cluster barriers, a part for each block of the
+// cluster (each waits for the slowest), and the float32 sums a block sends the others (per
+// kilobyte). Fitted on an H200 to the sweep's pairs of the same tile and splits in one wave
+// with and without clusters (5-9 us for 64-96 KB a block), and to the plan's choices measured
+// in `bench kernels` (6 splits in clusters lost 4-6% to 4 or 8 through the workspace at 64
+// rows of 4096x4096 and 14336x4096 with no per-split part).
+constexpr double kClusterFixed = 1.0;
+constexpr double kClusterEach = 0.5;
+constexpr double kClusterPerKilobyte = 0.06;
 
-double wgmma_estimate(const Problem& p, int tokens, int64_t splits, int64_t resident) {
+// `splits` of K normalized as the plan does (every split a whole number of steps, none empty).
+int64_t whole_splits(const Problem& p, int64_t splits) {
+  const int64_t steps = p.K / kStepRows;
+  return ceil_div(steps, ceil_div(steps, std::max<int64_t>(1, std::min(splits, steps))));
+}
+
+double wgmma_estimate(const Problem& p, int tokens, int64_t splits, int64_t resident,
+                      bool cluster) {
   const int64_t steps = p.K / kStepRows;
   const int64_t per_split = ceil_div(steps, splits);
   splits = ceil_div(steps, per_split);
   const int64_t waves = ceil_div(tiles_for(p, tokens) * splits, resident);
   double cost = static_cast<double>(waves * per_split) * wgmma_step_cost(tokens);
-  if (splits > 1) {
+  if (splits > 1 && cluster) {
+    const double kilobytes = 4.0 / 1024 * tokens * block_cols_for(tokens) * (splits - 1) / splits;
+    cost += kClusterFixed + kClusterEach * splits + kClusterPerKilobyte * kilobytes;
+  } else if (splits > 1) {
     const double megabytes = 4e-6 * static_cast<double>(splits) * p.M * p.N;
     cost += kSplitFixed + kSplitEach * splits + kSplitPerMegabyte * megabytes;
   }
   return cost;
+}
+
+// The estimate of (tokens, splits), finishing in a cluster where p.clusters allows it (2:
+// wherever it can, 1: where that is estimated faster), and whether it does.
+struct Estimate {
+  double cost;
+  bool in_clusters;
+};
+// Where clusters hold fewer blocks than the GPU does (the cluster's blocks share a GPC: 117 in
+// clusters of 3, 120 of 4, 102 of 6 on an H200's 132) and that adds a wave, the plan keeps the
+// workspace: a second wave cost more than the estimate says (4096x4096 at 16 rows, 8 splits,
+// 128 blocks: 1.02x of fp16 in clusters against 1.61x).
+Estimate wgmma_choice(const Problem& p, int tokens, int64_t splits, int num_sms) {
+  const int64_t resident = resident_for(p, tokens, num_sms);
+  const Estimate plain{wgmma_estimate(p, tokens, splits, resident, false), false};
+  const int64_t whole = whole_splits(p, splits);
+  const int64_t clustered = p.clusters > 0 ? cluster_resident(p, tokens, whole, num_sms) : 0;
+  if (clustered == 0) return plain;
+  const Estimate in_clusters{wgmma_estimate(p, tokens, splits, clustered, true), true};
+  if (p.clusters == 2) return in_clusters;
+  const int64_t blocks = tiles_for(p, tokens) * whole;
+  if (ceil_div(blocks, clustered) > ceil_div(blocks, resident)) return plain;
+  return in_clusters.cost < plain.cost ? in_clusters : plain;
 }
 
 }  // namespace
@@ -1191,7 +1273,7 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
       const int64_t low = splits > 0 ? splits : 1;
       const int64_t high = splits > 0 ? splits : most_splits(tokens, resident);
       for (int64_t s = low; s <= high; ++s) {
-        const double cost = wgmma_estimate(p, tokens, s, resident);
+        const double cost = wgmma_choice(p, tokens, s, num_sms).cost;
         if (best_tokens == 0 || cost < best) {
           best = cost;
           best_tokens = tokens;
@@ -1209,6 +1291,13 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   const int64_t per_split = ceil_div(steps, splits);
   p.units_per_split = static_cast<int>(per_split);  // steps of 64 rows here
   p.splits = static_cast<int>(ceil_div(steps, per_split));
+  p.in_clusters = p.splits > 1 && wgmma_choice(p, p.tokens, p.splits, num_sms).in_clusters;
+}
+
+int64_t wgmma_resident(int tokens, int splits, int num_sms) {
+  Problem p{};
+  p.has_clusters = true;
+  return splits > 1 ? cluster_resident(p, tokens, splits, num_sms) : resident_for(p, tokens, num_sms);
 }
 
 bool wgmma_gathers_first(const Problem& p, bool gather_in_kernel) {

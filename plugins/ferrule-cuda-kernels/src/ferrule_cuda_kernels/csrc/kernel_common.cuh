@@ -112,6 +112,17 @@ __device__ __forceinline__ void release_dependents() {
 #endif
 }
 
+// The barrier of a thread block cluster (sm_90), for every thread of its blocks: its release /
+// acquire orders the (distributed) shared memory writes before it against the reads after it.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::
+                   : "memory");
+#elif defined(FERRULE_GEMV_EMULATED) && !defined(__CUDA_ARCH__)
+  emulated_cluster_barrier();
+#endif
+}
+
 // The quantization group of row k (plan_groups() set group_shift).
 template <typename P>
 __device__ __forceinline__ uint32_t group_of(const P& p, int k) {
@@ -319,35 +330,76 @@ int resident_blocks(Kernel kernel, int threads, int shared_bytes) {
   return n > 0 ? n : 1;
 }
 
-// kernel<<<grid, threads, shared_bytes, stream>>>(args...), with programmatic stream serialization
-// when `pdl` (sm_90+): the kernel's blocks may start before the previous kernel ends.
-template <typename Kernel, typename... Args>
-cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, int shared_bytes,
-                          cudaStream_t stream, bool pdl, const Args&... args) {
-#ifdef FERRULE_GEMV_EMULATED
-  (void)shared_bytes; (void)stream; (void)pdl;
-  emulate_launch(kernel, grid, threads, args...);  // tests/emulation/cuda_host_shim.h: host threads
-  return cudaSuccess;
-#else
-#if FERRULE_GEMV_PDL
-  if (pdl) {
-    cudaLaunchConfig_t config = {};
+// The launch configuration of kernel<<<grid, threads, shared_bytes, stream>>>, with
+// programmatic stream serialization when `pdl` (sm_90+: the kernel's blocks may start before the
+// previous kernel ends) and in clusters of `cluster_y` blocks along grid.y when above 1 (sm_90+).
+struct LaunchConfig {
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute attribute[2];
+  LaunchConfig(dim3 grid, int cluster_y, int threads, int shared_bytes, cudaStream_t stream,
+               bool pdl) {
     config.gridDim = grid;
     config.blockDim = dim3(threads);
     config.dynamicSmemBytes = shared_bytes;
     config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    int count = 0;
+    if (pdl && FERRULE_GEMV_PDL) {
+      attribute[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attribute[count++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster_y > 1) {
+      attribute[count].id = cudaLaunchAttributeClusterDimension;
+      attribute[count].val.clusterDim.x = 1;
+      attribute[count].val.clusterDim.y = static_cast<unsigned>(cluster_y);
+      attribute[count++].val.clusterDim.z = 1;
+    }
     config.attrs = attribute;
-    config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, kernel, args...);
+    config.numAttrs = count;
   }
+};
+
+template <typename Kernel, typename... Args>
+cudaError_t launch_in_clusters(Kernel kernel, dim3 grid, int cluster_y, int threads,
+                               int shared_bytes, cudaStream_t stream, bool pdl,
+                               const Args&... args) {
+#ifdef FERRULE_GEMV_EMULATED
+  (void)shared_bytes; (void)stream; (void)pdl;
+  // tests/emulation/cuda_host_shim.h: host threads, a cluster's blocks at once
+  emulate_launch(kernel, grid, threads, cluster_y, args...);
+  return cudaSuccess;
 #else
-  (void)pdl;
+  LaunchConfig launch(grid, cluster_y, threads, shared_bytes, stream, pdl);
+  if (launch.config.numAttrs == 0) {
+    kernel<<<grid, threads, shared_bytes, stream>>>(args...);
+    return cudaGetLastError();
+  }
+  return cudaLaunchKernelEx(&launch.config, kernel, args...);
 #endif
-  kernel<<<grid, threads, shared_bytes, stream>>>(args...);
-  return cudaGetLastError();
+}
+
+template <typename Kernel, typename... Args>
+cudaError_t launch_kernel(Kernel kernel, dim3 grid, int threads, int shared_bytes,
+                          cudaStream_t stream, bool pdl, const Args&... args) {
+  return launch_in_clusters(kernel, grid, 1, threads, shared_bytes, stream, pdl, args...);
+}
+
+// Clusters of `cluster_y` blocks of `kernel` the GPU holds at once (0 if the query fails; in the
+// emulation, `fallback`). Callers cache it.
+template <typename Kernel>
+int resident_clusters(Kernel kernel, int cluster_y, int threads, int shared_bytes, int fallback) {
+#ifdef FERRULE_GEMV_EMULATED
+  (void)kernel; (void)threads; (void)shared_bytes;
+  return emulated_resident_clusters(cluster_y, fallback);  // tests/emulation/cuda_host_shim.h
+#else
+  (void)fallback;
+  int n = 0;
+  LaunchConfig launch(dim3(1, cluster_y, 1), cluster_y, threads, shared_bytes, nullptr, false);
+  if (allow_shared(kernel, shared_bytes) != cudaSuccess ||
+      cudaOccupancyMaxActiveClusters(&n, kernel, &launch.config) != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  return n;
 #endif
 }
 
