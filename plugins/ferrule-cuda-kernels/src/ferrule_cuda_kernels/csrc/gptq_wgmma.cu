@@ -1087,15 +1087,19 @@ struct Kernel {
     static const int blocks = common::resident_blocks(kKernel, kThreads, kSharedBytes<TOKENS>);
     return blocks;
   }
-  // Clusters of `splits` blocks the GPU holds at once (2 to kMaxClusterSplits; `fallback` in the
-  // emulation).
+  // Clusters of `splits` blocks the GPU holds at once (2 to kMaxClusterSplits), asked once; the
+  // emulation answers from `fallback` (the emulated GPU's blocks over `splits`) each time.
   static int64_t clusters(int splits, int64_t fallback) {
+    const int blocks = static_cast<int>(std::min<int64_t>(fallback, 1 << 20));
+#ifdef FERRULE_GEMV_EMULATED
+    return common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS>, blocks);
+#else
     static int cached[kMaxClusterSplits + 1] = {};
     if (cached[splits] == 0) {
-      cached[splits] = 1 + common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS>,
-                                                     static_cast<int>(std::min<int64_t>(fallback, 1 << 20)));
+      cached[splits] = 1 + common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS>, blocks);
     }
     return cached[splits] - 1;
+#endif
   }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
     static const cudaError_t allowed = common::allow_shared(kKernel, kSharedBytes<TOKENS>);
