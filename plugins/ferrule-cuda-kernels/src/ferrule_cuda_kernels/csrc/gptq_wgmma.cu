@@ -54,7 +54,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cstdint>
 #include <cstring>
 
@@ -1082,14 +1081,19 @@ cudaError_t make_maps(const Problem& p, int tokens, Maps& maps) {
 template <int TOKENS>
 struct Kernel {
   static constexpr auto kKernel = gptq_wgmma_kernel<TOKENS>;
-  static constexpr std::integral_constant<int, TOKENS> kTokens{};
   static int occupancy() {
     static const int blocks = common::resident_blocks(kKernel, kThreads, kSharedBytes<TOKENS>);
     return blocks;
   }
   // Clusters of `splits` blocks the GPU holds at once (2 to kMaxClusterSplits), asked once; the
-  // emulation answers from `fallback` (the emulated GPU's blocks over `splits`) each time.
+  // emulation answers from `fallback` (the emulated GPU's blocks over `splits`) each time. 0
+  // where what a block of such a cluster receives (finish in cluster: the other ranks' float4s
+  // of its 8-token groups, for its 256 consumer threads and kTiles tiles) would not fit its ring.
   static int64_t clusters(int splits, int64_t fallback) {
+    constexpr int kGroups = TOKENS / 8;
+    const int64_t received = int64_t{16} * 128 * kConsumers * kTiles<TOKENS> * (splits - 1) *
+                             ((kGroups + splits - 1) / splits);
+    if (received > int64_t{kStages<TOKENS>} * kStageBytes<TOKENS>) return 0;
     const int blocks = static_cast<int>(std::min<int64_t>(fallback, 1 << 20));
 #ifdef FERRULE_GEMV_EMULATED
     return common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS>, blocks);
@@ -1134,15 +1138,6 @@ int64_t resident_for(const Problem& p, int tokens, int num_sms) {
   return static_cast<int64_t>(num_sms) * dispatch(q, [](auto k) { return decltype(k)::occupancy(); });
 }
 
-// Bytes of the ring a block receives into in a cluster of `splits` (finish in cluster: the
-// other ranks' float4s of its 8-token groups, for its 256 consumer threads and kTiles tiles).
-template <int TOKENS>
-constexpr int64_t cluster_bytes(int splits) {
-  const int groups = TOKENS / 8;
-  return int64_t{16} * 128 * kConsumers * kTiles<TOKENS> * (splits - 1) *
-         ((groups + splits - 1) / splits);
-}
-
 // Whether `splits` blocks of `tokens`-row tiles may finish in a thread block cluster (the
 // device has them, 2 to kMaxClusterSplits splits, what a block receives fits its ring), and
 // then the blocks the GPU holds at once in such clusters (else 0).
@@ -1151,15 +1146,9 @@ int64_t cluster_resident(const Problem& p, int tokens, int64_t splits, int num_s
   Problem q = p;
   q.tokens = tokens;
   const int64_t blocks = resident_for(p, tokens, num_sms);
-  return dispatch(q, [&](auto k) -> int64_t {
-    using K = decltype(k);
-    constexpr int kTokens = decltype(K::kTokens)::value;
-    if (cluster_bytes<kTokens>(static_cast<int>(splits)) >
-        int64_t{kStages<kTokens>} * kStageBytes<kTokens>) {
-      return 0;
-    }
-    return splits * K::clusters(static_cast<int>(splits), blocks / splits);
-  });
+  return splits * dispatch(q, [&](auto k) {
+           return decltype(k)::clusters(static_cast<int>(splits), blocks / splits);
+         });
 }
 
 int64_t tiles_for(const Problem& p, int tokens) {
@@ -1209,9 +1198,8 @@ int64_t whole_splits(const Problem& p, int64_t splits) {
 
 double wgmma_estimate(const Problem& p, int tokens, int64_t splits, int64_t resident,
                       bool cluster) {
-  const int64_t steps = p.K / kStepRows;
-  const int64_t per_split = ceil_div(steps, splits);
-  splits = ceil_div(steps, per_split);
+  splits = whole_splits(p, splits);
+  const int64_t per_split = ceil_div(p.K / kStepRows, splits);
   const int64_t waves = ceil_div(tiles_for(p, tokens) * splits, resident);
   double cost = static_cast<double>(waves * per_split) * wgmma_step_cost(tokens);
   if (splits > 1 && cluster) {
@@ -1291,10 +1279,8 @@ void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   p.loads = 2;
   if (splits <= 0) splits = most_splits(p.tokens, resident_for(p, p.tokens, num_sms));
   if (tiles_for(p, p.tokens) > counter_capacity) splits = 1;
-  splits = std::max<int64_t>(1, std::min(splits, steps));
-  const int64_t per_split = ceil_div(steps, splits);
-  p.units_per_split = static_cast<int>(per_split);  // steps of 64 rows here
-  p.splits = static_cast<int>(ceil_div(steps, per_split));
+  p.splits = static_cast<int>(whole_splits(p, splits));
+  p.units_per_split = static_cast<int>(ceil_div(steps, p.splits));  // steps of 64 rows here
   p.in_clusters = p.splits > 1 && wgmma_choice(p, p.tokens, p.splits, num_sms).in_clusters;
 }
 
