@@ -142,13 +142,12 @@ def cuda_include() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def emulator(tmp_path_factory):
+def build_emulator(folder: Path, defines: tuple[str, ...] = ()):
+    """The kernels built on the host into ``folder`` (with extra ``-D`` ``defines``), loaded."""
     compiler = shutil.which("g++") or shutil.which("c++")
     include = cuda_include()
     if compiler is None or include is None:
         pytest.skip("needs a C++ compiler and the CUDA headers")
-    folder = tmp_path_factory.mktemp("emulated_kernels")
     units = []
     for name in KERNELS:
         unit = folder / f"{Path(name).stem}_emulated.cpp"
@@ -167,6 +166,7 @@ def emulator(tmp_path_factory):
             "-pthread",
             f"-I{include}",
             f"-I{extension.CSRC}",
+            *(f"-D{define}" for define in defines),
             *map(str, units),
             str(entry),
             "-o",
@@ -182,6 +182,18 @@ def emulator(tmp_path_factory):
     lib.emulated_mma.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 5 + [i64, p]
     lib.emulated_wgmma.argtypes = lib.emulated_mma.argtypes
     return lib
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    return build_emulator(tmp_path_factory.mktemp("emulated_kernels"))
+
+
+@pytest.fixture(scope="session")
+def lean_fetch_emulator(tmp_path_factory):
+    """The kernels built with ``FERRULE_GEMV_LEAN_FETCH=1`` (gptq_gemv.cu's fetch() without
+    per-lane predicates: lanes past N read column 0, units past a split's end are not loaded)."""
+    return build_emulator(tmp_path_factory.mktemp("lean_fetch"), ("FERRULE_GEMV_LEAN_FETCH=1",))
 
 
 EMULATED_SMS = 4  # two resident blocks each (the shim's occupancy)

@@ -89,6 +89,20 @@ def test_matches_the_float64_oracle(emulator, k, n, bits, group_size, desc_act, 
     assert err < TOLERANCE[str(dtype).removeprefix("torch.")], f"relative error {err:.2e}"
 
 
+@pytest.mark.parametrize(("k", "n", "bits", "group_size", "desc_act", "sym", "batch"), CASES)
+def test_lean_fetch_matches_the_float64_oracle(
+    lean_fetch_emulator, k, n, bits, group_size, desc_act, sym, batch
+):
+    """Partial column tiles (lanes reading column 0), a partial last unit of rows, split-K
+    and chunked K, float16 and bfloat16."""
+    layer = sorted_layer(k, n, bits, group_size, desc_act, sym, seed=k + n)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(*batch, k, generator=torch.Generator().manual_seed(2)).to(dtype)
+        out, _ = run(lean_fetch_emulator, layer, x, dtype)
+        err = relative_error(out, float64_reference(layer, x))
+        assert err < TOLERANCE[str(dtype).removeprefix("torch.")], f"{dtype}: {err:.2e}"
+
+
 def test_split_k_and_row_tiles_are_planned(emulator):
     layer = sorted_layer(2048, 256, 4, 128, True, False)
     _, plan = run(emulator, layer, torch.randn(1, 2048).half(), torch.float16)

@@ -76,6 +76,13 @@ namespace {
 #ifndef FERRULE_GEMV_MIN_BLOCKS
 #define FERRULE_GEMV_MIN_BLOCKS 2
 #endif
+// 1: fetch() without per-lane predicates (lanes past N read column 0; a unit past `end`, never
+// multiplied, is not loaded): about 20 fewer instructions a unit of ~330 in the one-row
+// kernel's loop (SASS), which with its weights in L1 still takes 87% of its time (H200,
+// fourteenth session). Passes the CPU emulation; not yet timed or run on a GPU, hence 0.
+#ifndef FERRULE_GEMV_LEAN_FETCH
+#define FERRULE_GEMV_LEAN_FETCH 0
+#endif
 constexpr int kWarps = FERRULE_GEMV_WARPS;  // -D overrides are for tuning experiments
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32 * 4;        // columns of one block: 32 lanes x 4 columns
@@ -191,10 +198,38 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   const float x_unscale = exp2i(BITS * (lane % C::kPerHalf) - kXShift);
   // Each thread's column base in qweight (16-byte units), scales (4 values) and qzeros.
   const uint32_t n4 = N / 4;
-  const int4* __restrict__ wcol = qweight + col / 4;
-  const uint2* __restrict__ scol = reinterpret_cast<const uint2*>(scales) + col / 4;
-  const uint32_t* __restrict__ zcol = qzeros + col / C::kPerWord;
+#if FERRULE_GEMV_LEAN_FETCH
+  // Lanes past the last column (N % 128 != 0) read column 0's words, scales and zeros: their
+  // sums are never written, and the loads need no predicate of their own.
+  const int load_col = col_ok ? col : 0;
+#else
+  const int load_col = col;
+#endif
+  const int4* __restrict__ wcol = qweight + load_col / 4;
+  const uint2* __restrict__ scol = reinterpret_cast<const uint2*>(scales) + load_col / 4;
+  const uint32_t* __restrict__ zcol = qzeros + load_col / C::kPerWord;
 
+#if FERRULE_GEMV_LEAN_FETCH
+  // Issues the loads of `unit` (none past `end`: such a unit is never multiplied; zeros for
+  // the words of a last unit past K's end). The branches are the warp's, not the lane's.
+  auto fetch = [&](Unit& u, int unit, int end) {
+    if (unit >= end) return;
+    // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
+    const int4* const w = wcol + static_cast<uint32_t>(unit) * (kUnitWords * n4);
+    if ((unit + 1) * kUnitWords <= words) {
+#pragma unroll
+      for (int j = 0; j < kUnitWords; ++j) u.words[j] = __ldcs(w + j * n4);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kUnitWords; ++j) {
+        u.words[j] = unit * kUnitWords + j < words ? __ldcs(w + j * n4) : make_int4(0, 0, 0, 0);
+      }
+    }
+    const uint32_t group = common::group_of(p, unit * C::kUnitK);
+    u.scales = __ldg(scol + group * n4);
+    u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
+  };
+#else
   // Issues the loads of `unit` (zeros past `end` or past the last column).
   auto fetch = [&](Unit& u, int unit, int end) {
     const bool ok = col_ok && unit < end;
@@ -214,6 +249,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
       u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
     }
   };
+#endif
 
   // x[row0 + m][k .. k + 7] (through perm), zeros past K, as 8 values of T in a uint4.
   const common::XReader<T> reader(x, p.x_stride_m, p.x_stride_k, p.perm, p.K);
