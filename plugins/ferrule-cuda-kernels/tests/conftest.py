@@ -189,11 +189,18 @@ def emulator(tmp_path_factory):
     return build_emulator(tmp_path_factory.mktemp("emulated_kernels"))
 
 
-@pytest.fixture(scope="session")
-def lean_fetch_emulator(tmp_path_factory):
-    """The kernels built with ``FERRULE_GEMV_LEAN_FETCH=1`` (gptq_gemv.cu's fetch() without
-    per-lane predicates: lanes past N read column 0, units past a split's end are not loaded)."""
-    return build_emulator(tmp_path_factory.mktemp("lean_fetch"), ("FERRULE_GEMV_LEAN_FETCH=1",))
+# gptq_gemv.cu's compile-time alternatives not yet on by default (see their comments there).
+GEMV_VARIANTS = {
+    "lean-fetch": ("FERRULE_GEMV_LEAN_FETCH=1",),
+    "group-units": ("FERRULE_GEMV_GROUP_UNITS=1",),
+    "both": ("FERRULE_GEMV_LEAN_FETCH=1", "FERRULE_GEMV_GROUP_UNITS=1"),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(GEMV_VARIANTS))
+def gemv_variant_emulator(request, tmp_path_factory):
+    """The kernels built with one of GEMV_VARIANTS' sets of defines."""
+    return build_emulator(tmp_path_factory.mktemp(request.param), GEMV_VARIANTS[request.param])
 
 
 EMULATED_SMS = 4  # two resident blocks each (the shim's occupancy)

@@ -83,6 +83,14 @@ namespace {
 #ifndef FERRULE_GEMV_LEAN_FETCH
 #define FERRULE_GEMV_LEAN_FETCH 0
 #endif
+// 1: at one row of float16 x with 4-bit codes each warp takes a run of consecutive units
+// (not every 8th), so the units of one quantization group (4 at group size 128) follow each
+// other, and their zero points, scales and the terms made of them are loaded and prepared
+// once a group instead of once a unit (about 30 of ~330 instructions a unit, SASS). Passes
+// the CPU emulation; not yet timed or run on a GPU, hence 0.
+#ifndef FERRULE_GEMV_GROUP_UNITS
+#define FERRULE_GEMV_GROUP_UNITS 0
+#endif
 constexpr int kWarps = FERRULE_GEMV_WARPS;  // -D overrides are for tuning experiments
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32 * 4;        // columns of one block: 32 lanes x 4 columns
@@ -129,6 +137,15 @@ struct Unit {
   int4 words[kUnitWords];
   uint2 scales;  // 4 columns' scales, the activation dtype's bits
   uint32_t zeros;  // the packed zero-point word, shifted to this thread's first column
+  uint32_t group;  // its quantization group (FERRULE_GEMV_GROUP_UNITS)
+};
+
+// FERRULE_GEMV_GROUP_UNITS: the half2 path's per-column terms of the group last multiplied.
+struct GroupTerms {
+  uint32_t group;
+  __half2 add_low[4];
+  __half2 add_high[4];
+  float scale[4];  // the scale times 2^-e
 };
 
 // Act-order at one row of float16 x with 4-bit codes (decode) has its own kernel, whose
@@ -157,6 +174,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   // [kWarps][ROWS][kTileN] for the block's reduction.
   // float16 x with 4-bit codes takes the half2 path; the rest the float32 path.
   constexpr bool kHalf2 = std::is_same<T, __half>::value && BITS == 4;
+  // FERRULE_GEMV_GROUP_UNITS: each warp's units of a chunk are consecutive (not every 8th).
+  constexpr bool kBlocked = FERRULE_GEMV_GROUP_UNITS && kHalf2 && ROWS == 1;
   // GATHER_ROW: the whole row of x is copied to shared memory after the staged chunk
   // (float16), and the chunk gathers from it (see kGatherRowMax).
   static_assert(!GATHER_ROW || (ROWS == 1 && kHalf2), "the row copy is for one float16 row");
@@ -212,7 +231,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
 #if FERRULE_GEMV_LEAN_FETCH
   // Issues the loads of `unit` (none past `end`: such a unit is never multiplied; zeros for
   // the words of a last unit past K's end). The branches are the warp's, not the lane's.
-  auto fetch = [&](Unit& u, int unit, int end) {
+  // (kBlocked: a unit of the same group as the one before it, from `warp_first` on, takes the
+  // group's terms as its predecessor left them, so its scales and zeros are not loaded.)
+  auto fetch = [&](Unit& u, int unit, int end, int warp_first) {
     if (unit >= end) return;
     // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
     const int4* const w = wcol + static_cast<uint32_t>(unit) * (kUnitWords * n4);
@@ -226,12 +247,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
       }
     }
     const uint32_t group = common::group_of(p, unit * C::kUnitK);
+    if constexpr (kBlocked) {
+      u.group = group;
+      if (unit > warp_first && common::group_of(p, (unit - 1) * C::kUnitK) == group) return;
+    }
     u.scales = __ldg(scol + group * n4);
     u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
   };
 #else
-  // Issues the loads of `unit` (zeros past `end` or past the last column).
-  auto fetch = [&](Unit& u, int unit, int end) {
+  // Issues the loads of `unit` (zeros past `end` or past the last column; kBlocked: as above).
+  auto fetch = [&](Unit& u, int unit, int end, int warp_first) {
     const bool ok = col_ok && unit < end;
     // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
     const uint32_t first = static_cast<uint32_t>(unit) * kUnitWords * n4;
@@ -242,6 +267,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     }
     u.scales = make_uint2(0u, 0u);
     u.zeros = 0u;
+    if constexpr (kBlocked) {
+      const uint32_t group = common::group_of(p, unit * C::kUnitK);
+      u.group = group;  // the warp's, also in lanes past the last column
+      if (unit > warp_first && common::group_of(p, (unit - 1) * C::kUnitK) == group) return;
+    }
     if (ok) {
       const int k = unit * C::kUnitK;
       const uint32_t group = common::group_of(p, k);
@@ -331,7 +361,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
 
   // The same for float16 x and 4-bit codes, two codes an instruction (see the top of the
   // file): `xh` is the unit's first pair of x in the staged chunk, `e` the chunk's exponent.
-  auto multiply_half2 = [&](const Unit& u, const __half2* xh, int e) {
+  // (kBlocked: `terms` keeps the per-column terms of the group last multiplied in the chunk.)
+  auto multiply_half2 = [&](const Unit& u, const __half2* xh, int e, GroupTerms& terms) {
     uint4 xs4[ROWS][kUnitWords];  // the unit's x: 4 pairs a word
 #pragma unroll
     for (int m = 0; m < ROWS; ++m) {
@@ -345,13 +376,32 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     const __half2 mul_high = __float2half2_rn(exp2i(e - 4));  // codes at bits 4-7 (16 q)
     const __half2 neg_low = __hneg2(mul_low);
     const __half2 neg_high = __hneg2(mul_high);
+    // (1024 + z) and (1024 + 16 z) as float16, built like the codes; times -2^e and -2^(e - 4)
+    // they make (1024 + q) * 2^e and (1024 + 16 q) * 2^(e - 4) into (q - z) * 2^e.
+    auto add_terms = [&](int c, __half2& add_low, __half2& add_high) {
+      const uint32_t zero = (u.zeros >> (4 * c)) & 0xFu;
+      add_low = __hmul2(bits_half2(zero * 0x00010001u | 0x64006400u), neg_low);
+      add_high = __hmul2(bits_half2(zero * 0x00100010u | 0x64006400u), neg_high);
+    };
+    if constexpr (kBlocked) {
+      if (u.group != terms.group) {  // the warp's branch
+        terms.group = u.group;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          add_terms(c, terms.add_low[c], terms.add_high[c]);
+          terms.scale[c] = Io<T>::load(scale_t[c]) * unscale;
+        }
+      }
+    }
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      // (1024 + z) and (1024 + 16 z) as float16, built like the codes; times -2^e and
-      // -2^(e - 4) they make (1024 + q) * 2^e and (1024 + 16 q) * 2^(e - 4) into (q - z) * 2^e.
-      const uint32_t zero = (u.zeros >> (4 * c)) & 0xFu;
-      const __half2 add_low = __hmul2(bits_half2(zero * 0x00010001u | 0x64006400u), neg_low);
-      const __half2 add_high = __hmul2(bits_half2(zero * 0x00100010u | 0x64006400u), neg_high);
+      __half2 add_low, add_high;
+      if constexpr (kBlocked) {
+        add_low = terms.add_low[c];
+        add_high = terms.add_high[c];
+      } else {
+        add_terms(c, add_low, add_high);
+      }
       __half2 sums[ROWS];
 #pragma unroll
       for (int m = 0; m < ROWS; ++m) sums[m] = __float2half2_rn(0.0f);
@@ -372,7 +422,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
           sums[m] = __hfma2(bits_half2(xs4[m][j].w), v[3], sums[m]);
         }
       }
-      const float scale = Io<T>::load(scale_t[c]) * unscale;
+      const float scale = kBlocked ? terms.scale[c] : Io<T>::load(scale_t[c]) * unscale;
 #pragma unroll
       for (int m = 0; m < ROWS; ++m) {
         const float2 pair = __half22float2(sums[m]);
@@ -385,10 +435,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   for (int chunk = unit_begin; chunk < unit_end; chunk += kChunkK / C::kUnitK) {
     const int chunk_end = min(chunk + kChunkK / C::kUnitK, unit_end);
     // 1. Start streaming this warp's first units before waiting on anything. Warp w takes
-    //    units chunk + w, chunk + w + kWarps, ...; each holds kStages of them in registers.
+    //    units chunk + w, chunk + w + kWarps, ... (kBlocked: a run of consecutive units,
+    //    [first, last)); each holds kStages of them in registers.
+    const int per_warp = (chunk_end - chunk + kWarps - 1) / kWarps;
+    const int first = kBlocked ? chunk + warp * per_warp : chunk + warp;
+    const int last = kBlocked ? min(first + per_warp, chunk_end) : chunk_end;
+    constexpr int kStride = kBlocked ? 1 : kWarps;  // between a warp's units
     Unit held[kStages];
 #pragma unroll
-    for (int s = 0; s < kStages; ++s) fetch(held[s], chunk + warp + s * kWarps, chunk_end);
+    for (int s = 0; s < kStages; ++s) fetch(held[s], first + s * kStride, last, first);
 
     // 2. Stage x[rows][chunk] in octets (8 rows of K of one row of x: one 16-byte load where
     //    x is contiguous, or 8 gathers through `perm` after two 16-byte loads of it), as
@@ -487,18 +542,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
 
     // 3. Multiply each held unit, then refill its registers with the unit kStages further on:
     //    no barrier until the chunk ends, so each warp streams at its own pace.
-    for (int unit = chunk + warp; unit < chunk_end; unit += kStages * kWarps) {
+    GroupTerms terms;
+    terms.group = ~0u;  // none yet in this chunk (e is the chunk's)
+    for (int unit = first; unit < last; unit += kStages * kStride) {
 #pragma unroll
       for (int s = 0; s < kStages; ++s) {
-        const int mine = unit + s * kWarps;  // uniform across the warp
-        if (mine < chunk_end) {
+        const int mine = unit + s * kStride;  // uniform across the warp
+        if (mine < last) {
           if constexpr (kHalf2) {
-            multiply_half2(held[s], reinterpret_cast<const __half2*>(smem) + (mine - chunk) * 16, e);
+            multiply_half2(held[s], reinterpret_cast<const __half2*>(smem) + (mine - chunk) * 16, e,
+                           terms);
           } else {
             multiply(held[s], smem + (mine - chunk) * C::kUnitK);
           }
         }
-        fetch(held[s], mine + kStages * kWarps, chunk_end);
+        fetch(held[s], mine + kStages * kStride, last, first);
       }
     }
   }
