@@ -58,7 +58,7 @@ def main() -> None:
 
     import torch
 
-    from ferrule.kernel_bench import _copies, _quant_layers, _w4_bytes, time_calls
+    from ferrule.kernel_bench import _copies, _quant_layers, _time_layers, _w4_bytes, time_calls
     from ferrule_cuda_kernels import extension
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -93,7 +93,7 @@ def main() -> None:
                 for layer in layers:
                     layer._kernel.module = modules.get(name, installed)
                     layer(x)  # a first call outside the graph
-                us = time_calls([lambda layer=layer, x=x: layer(x) for layer in layers])
+                us = _time_layers(layers, x)
                 cells.append(f"{us:.2f} ({base / us:.2f}x)")
             for layer in layers:
                 layer._kernel.module = installed

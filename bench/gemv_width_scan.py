@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from ferrule.kernel_bench import _copies, _quant_layers, _w4_bytes, time_calls
+    from ferrule.kernel_bench import _copies, _quant_layers, _time_layers, _w4_bytes, time_calls
 
     print(
         "| K x N | plan (tile rows, splits, units a split) | ours us | GB/s | fp16 us | GB/s | ratio |"
@@ -49,7 +49,7 @@ def main() -> None:
             for layer in layers:
                 layer(x)
             for _ in range(2):
-                ours.append(time_calls([lambda layer=layer, x=x: layer(x) for layer in layers]))
+                ours.append(_time_layers(layers, x))
                 fp16.append(time_calls([lambda w=w, x=x: torch.matmul(x, w) for w in weights]))
         us, base = sum(ours) / 2, sum(fp16) / 2
         kernel = layers[0]._kernel

@@ -228,11 +228,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   const uint2* __restrict__ scol = reinterpret_cast<const uint2*>(scales) + load_col / 4;
   const uint32_t* __restrict__ zcol = qzeros + load_col / C::kPerWord;
 
+  // kBlocked: whether `unit`, of `group`, follows a unit of the same group in this warp's run
+  // (from `warp_first`): it then takes the group's terms as its predecessor left them, and its
+  // scales and zeros are not loaded.
+  auto continues_group = [&](int unit, uint32_t group, int warp_first) {
+    return unit > warp_first && common::group_of(p, (unit - 1) * C::kUnitK) == group;
+  };
+
 #if FERRULE_GEMV_LEAN_FETCH
   // Issues the loads of `unit` (none past `end`: such a unit is never multiplied; zeros for
   // the words of a last unit past K's end). The branches are the warp's, not the lane's.
-  // (kBlocked: a unit of the same group as the one before it, from `warp_first` on, takes the
-  // group's terms as its predecessor left them, so its scales and zeros are not loaded.)
   auto fetch = [&](Unit& u, int unit, int end, int warp_first) {
     if (unit >= end) return;
     // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
@@ -249,13 +254,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     const uint32_t group = common::group_of(p, unit * C::kUnitK);
     if constexpr (kBlocked) {
       u.group = group;
-      if (unit > warp_first && common::group_of(p, (unit - 1) * C::kUnitK) == group) return;
+      if (continues_group(unit, group, warp_first)) return;
     }
     u.scales = __ldg(scol + group * n4);
     u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
   };
 #else
-  // Issues the loads of `unit` (zeros past `end` or past the last column; kBlocked: as above).
+  // Issues the loads of `unit` (zeros past `end` or past the last column; kBlocked: not the
+  // scales and zeros of a unit that continues its group).
   auto fetch = [&](Unit& u, int unit, int end, int warp_first) {
     const bool ok = col_ok && unit < end;
     // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
@@ -270,7 +276,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     if constexpr (kBlocked) {
       const uint32_t group = common::group_of(p, unit * C::kUnitK);
       u.group = group;  // the warp's, also in lanes past the last column
-      if (unit > warp_first && common::group_of(p, (unit - 1) * C::kUnitK) == group) return;
+      if (continues_group(unit, group, warp_first)) return;
     }
     if (ok) {
       const int k = unit * C::kUnitK;
