@@ -33,7 +33,7 @@ EDITS = (
         "          raw[j] = load_octet(m, k);",
         "          raw[j] = make_uint4(0u, 0u, 0u, 0u);",
     ),
-    ("no-dram", "__ldcs(wcol + first + j * n4)", "__ldg(wcol + (j & 1) * n4)"),
+    ("no-dram", "u.words[j] = __ldcs(w + j * n4);", "u.words[j] = __ldg(wcol + (j & 1) * n4);"),
 )
 
 

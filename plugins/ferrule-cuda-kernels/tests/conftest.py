@@ -142,8 +142,8 @@ def cuda_include() -> Path | None:
     return None
 
 
-def build_emulator(folder: Path, defines: tuple[str, ...] = ()):
-    """The kernels built on the host into ``folder`` (with extra ``-D`` ``defines``), loaded."""
+def build_emulator(folder: Path):
+    """The kernels built on the host into ``folder``, loaded."""
     compiler = shutil.which("g++") or shutil.which("c++")
     include = cuda_include()
     if compiler is None or include is None:
@@ -166,7 +166,6 @@ def build_emulator(folder: Path, defines: tuple[str, ...] = ()):
             "-pthread",
             f"-I{include}",
             f"-I{extension.CSRC}",
-            *(f"-D{define}" for define in defines),
             *map(str, units),
             str(entry),
             "-o",
@@ -187,20 +186,6 @@ def build_emulator(folder: Path, defines: tuple[str, ...] = ()):
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
     return build_emulator(tmp_path_factory.mktemp("emulated_kernels"))
-
-
-# gptq_gemv.cu's compile-time alternatives not yet on by default (see their comments there).
-GEMV_VARIANTS = {
-    "lean-fetch": ("FERRULE_GEMV_LEAN_FETCH=1",),
-    "group-units": ("FERRULE_GEMV_GROUP_UNITS=1",),
-    "both": ("FERRULE_GEMV_LEAN_FETCH=1", "FERRULE_GEMV_GROUP_UNITS=1"),
-}
-
-
-@pytest.fixture(scope="session", params=sorted(GEMV_VARIANTS))
-def gemv_variant_emulator(request, tmp_path_factory):
-    """The kernels built with one of GEMV_VARIANTS' sets of defines."""
-    return build_emulator(tmp_path_factory.mktemp(request.param), GEMV_VARIANTS[request.param])
 
 
 EMULATED_SMS = 4  # two resident blocks each (the shim's occupancy)

@@ -9,9 +9,10 @@
 // columns each. K is cut into units of 4 words (32 rows at 4 bits, 16 at 8 bits), each inside
 // one group, so a unit needs one scale and one zero per column. The block stages its share of
 // x in shared memory once (through `perm` for act-order layers; in chunks of 8192 / ROWS rows
-// when K is longer), and then each warp streams its own units, w, w + 8, w + 16, ..., with no
-// barrier until the chunk ends: it multiplies the unit it holds by every row of x and loads
-// its next one (4 independent 16-byte loads a thread). At one row each warp holds two units
+// when K is longer), and then each warp streams its own units, w, w + 8, w + 16, ... (at one
+// float16 row a run of consecutive ones, kOneRow), with no barrier until the chunk ends: it
+// multiplies the unit it holds by every row of x and loads its next one (4 independent
+// 16-byte loads a thread). At one row each warp holds two units
 // in flight (kStagesFor) and the kernel is held to 128 registers, two blocks (16 warps) a
 // multiprocessor: a warp's chain of dependent loads is half as long. On an H200 that beat one
 // unit at 80 registers and three blocks (the H100's best, where two units lost; ratio to fp16
@@ -76,21 +77,6 @@ namespace {
 #ifndef FERRULE_GEMV_MIN_BLOCKS
 #define FERRULE_GEMV_MIN_BLOCKS 2
 #endif
-// 1: fetch() without per-lane predicates (lanes past N read column 0; a unit past `end`, never
-// multiplied, is not loaded): about 20 fewer instructions a unit of ~330 in the one-row
-// kernel's loop (SASS), which with its weights in L1 still takes 87% of its time (H200,
-// fourteenth session). Passes the CPU emulation; not yet timed or run on a GPU, hence 0.
-#ifndef FERRULE_GEMV_LEAN_FETCH
-#define FERRULE_GEMV_LEAN_FETCH 0
-#endif
-// 1: at one row of float16 x with 4-bit codes each warp takes a run of consecutive units
-// (not every 8th), so the units of one quantization group (4 at group size 128) follow each
-// other, and their zero points, scales and the terms made of them are loaded and prepared
-// once a group instead of once a unit (about 30 of ~330 instructions a unit, SASS). Passes
-// the CPU emulation; not yet timed or run on a GPU, hence 0.
-#ifndef FERRULE_GEMV_GROUP_UNITS
-#define FERRULE_GEMV_GROUP_UNITS 0
-#endif
 constexpr int kWarps = FERRULE_GEMV_WARPS;  // -D overrides are for tuning experiments
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32 * 4;        // columns of one block: 32 lanes x 4 columns
@@ -137,10 +123,10 @@ struct Unit {
   int4 words[kUnitWords];
   uint2 scales;  // 4 columns' scales, the activation dtype's bits
   uint32_t zeros;  // the packed zero-point word, shifted to this thread's first column
-  uint32_t group;  // its quantization group (FERRULE_GEMV_GROUP_UNITS)
+  uint32_t group;  // its quantization group (kOneRow)
 };
 
-// FERRULE_GEMV_GROUP_UNITS: the half2 path's per-column terms of the group last multiplied.
+// kOneRow: the half2 path's per-column terms of the group last multiplied.
 struct GroupTerms {
   uint32_t group;
   __half2 add_low[4];
@@ -174,8 +160,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   // [kWarps][ROWS][kTileN] for the block's reduction.
   // float16 x with 4-bit codes takes the half2 path; the rest the float32 path.
   constexpr bool kHalf2 = std::is_same<T, __half>::value && BITS == 4;
-  // FERRULE_GEMV_GROUP_UNITS: each warp's units of a chunk are consecutive (not every 8th).
-  constexpr bool kBlocked = FERRULE_GEMV_GROUP_UNITS && kHalf2 && ROWS == 1;
+  // One row of float16 x with 4-bit codes (decode), the loop cut to fewer instructions a unit
+  // (~330 before, SASS; with its weights in L1 it kept 87% of its time, H200): each warp's
+  // units of a chunk are a run of consecutive ones (not every 8th), so the units of one group
+  // (4 at group size 128) load and prepare their zero points and scales once; and the loads
+  // carry no per-lane predicates. H200, ratio to fp16 cuBLAS at one row, one run against the
+  // predicated form with every 8th unit (bench/cuda_gemv_variants.py): 4096x4096 2.02x /
+  // 1.96x, 4096x14336 2.49x / 2.39x, 14336x4096 2.89x / 2.72x, 28672x8192 3.09x / 3.05x. Each
+  // change alone gained at most 2%; the lean loads at two rows lost 7-10%, hence one row only.
+  constexpr bool kOneRow = kHalf2 && ROWS == 1;
   // GATHER_ROW: the whole row of x is copied to shared memory after the staged chunk
   // (float16), and the chunk gathers from it (see kGatherRowMax).
   static_assert(!GATHER_ROW || (ROWS == 1 && kHalf2), "the row copy is for one float16 row");
@@ -217,75 +210,60 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   const float x_unscale = exp2i(BITS * (lane % C::kPerHalf) - kXShift);
   // Each thread's column base in qweight (16-byte units), scales (4 values) and qzeros.
   const uint32_t n4 = N / 4;
-#if FERRULE_GEMV_LEAN_FETCH
-  // Lanes past the last column (N % 128 != 0) read column 0's words, scales and zeros: their
-  // sums are never written, and the loads need no predicate of their own.
-  const int load_col = col_ok ? col : 0;
-#else
-  const int load_col = col;
-#endif
+  // kOneRow: lanes past the last column (N % 128 != 0) read column 0's words, scales and
+  // zeros; their sums are never written, and the loads need no predicate of their own.
+  const int load_col = kOneRow && !col_ok ? 0 : col;
   const int4* __restrict__ wcol = qweight + load_col / 4;
   const uint2* __restrict__ scol = reinterpret_cast<const uint2*>(scales) + load_col / 4;
   const uint32_t* __restrict__ zcol = qzeros + load_col / C::kPerWord;
 
-  // kBlocked: whether `unit`, of `group`, follows a unit of the same group in this warp's run
+  // kOneRow: whether `unit`, of `group`, follows a unit of the same group in this warp's run
   // (from `warp_first`): it then takes the group's terms as its predecessor left them, and its
   // scales and zeros are not loaded.
   auto continues_group = [&](int unit, uint32_t group, int warp_first) {
     return unit > warp_first && common::group_of(p, (unit - 1) * C::kUnitK) == group;
   };
 
-#if FERRULE_GEMV_LEAN_FETCH
-  // Issues the loads of `unit` (none past `end`: such a unit is never multiplied; zeros for
-  // the words of a last unit past K's end). The branches are the warp's, not the lane's.
+  // Issues the loads of `unit`. kOneRow: none past `end` (such a unit is never multiplied),
+  // zeros for the words of a last unit past K's end, not the scales and zeros of a unit that
+  // continues its group; the branches are the warp's, not the lane's. Otherwise zeros past
+  // `end` or past the last column.
   auto fetch = [&](Unit& u, int unit, int end, int warp_first) {
-    if (unit >= end) return;
     // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
-    const int4* const w = wcol + static_cast<uint32_t>(unit) * (kUnitWords * n4);
-    if ((unit + 1) * kUnitWords <= words) {
+    if constexpr (kOneRow) {
+      if (unit >= end) return;
+      const int4* const w = wcol + static_cast<uint32_t>(unit) * (kUnitWords * n4);
+      if ((unit + 1) * kUnitWords <= words) {
 #pragma unroll
-      for (int j = 0; j < kUnitWords; ++j) u.words[j] = __ldcs(w + j * n4);
-    } else {
+        for (int j = 0; j < kUnitWords; ++j) u.words[j] = __ldcs(w + j * n4);
+      } else {
 #pragma unroll
-      for (int j = 0; j < kUnitWords; ++j) {
-        u.words[j] = unit * kUnitWords + j < words ? __ldcs(w + j * n4) : make_int4(0, 0, 0, 0);
+        for (int j = 0; j < kUnitWords; ++j) {
+          u.words[j] = unit * kUnitWords + j < words ? __ldcs(w + j * n4) : make_int4(0, 0, 0, 0);
+        }
       }
-    }
-    const uint32_t group = common::group_of(p, unit * C::kUnitK);
-    if constexpr (kBlocked) {
+      const uint32_t group = common::group_of(p, unit * C::kUnitK);
       u.group = group;
       if (continues_group(unit, group, warp_first)) return;
-    }
-    u.scales = __ldg(scol + group * n4);
-    u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
-  };
-#else
-  // Issues the loads of `unit` (zeros past `end` or past the last column; kBlocked: not the
-  // scales and zeros of a unit that continues its group).
-  auto fetch = [&](Unit& u, int unit, int end, int warp_first) {
-    const bool ok = col_ok && unit < end;
-    // 32-bit offsets (the binding checks the tensors are under 2^31 elements).
-    const uint32_t first = static_cast<uint32_t>(unit) * kUnitWords * n4;
-#pragma unroll
-    for (int j = 0; j < kUnitWords; ++j) {
-      u.words[j] = (ok && unit * kUnitWords + j < words) ? __ldcs(wcol + first + j * n4)
-                                                         : make_int4(0, 0, 0, 0);
-    }
-    u.scales = make_uint2(0u, 0u);
-    u.zeros = 0u;
-    if constexpr (kBlocked) {
-      const uint32_t group = common::group_of(p, unit * C::kUnitK);
-      u.group = group;  // the warp's, also in lanes past the last column
-      if (continues_group(unit, group, warp_first)) return;
-    }
-    if (ok) {
-      const int k = unit * C::kUnitK;
-      const uint32_t group = common::group_of(p, k);
       u.scales = __ldg(scol + group * n4);
       u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
+    } else {
+      const bool ok = col_ok && unit < end;
+      const uint32_t first = static_cast<uint32_t>(unit) * kUnitWords * n4;
+#pragma unroll
+      for (int j = 0; j < kUnitWords; ++j) {
+        u.words[j] = (ok && unit * kUnitWords + j < words) ? __ldcs(wcol + first + j * n4)
+                                                           : make_int4(0, 0, 0, 0);
+      }
+      u.scales = make_uint2(0u, 0u);
+      u.zeros = 0u;
+      if (ok) {
+        const uint32_t group = common::group_of(p, unit * C::kUnitK);
+        u.scales = __ldg(scol + group * n4);
+        u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
+      }
     }
   };
-#endif
 
   // x[row0 + m][k .. k + 7] (through perm), zeros past K, as 8 values of T in a uint4.
   const common::XReader<T> reader(x, p.x_stride_m, p.x_stride_k, p.perm, p.K);
@@ -367,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
 
   // The same for float16 x and 4-bit codes, two codes an instruction (see the top of the
   // file): `xh` is the unit's first pair of x in the staged chunk, `e` the chunk's exponent.
-  // (kBlocked: `terms` keeps the per-column terms of the group last multiplied in the chunk.)
+  // (kOneRow: `terms` keeps the per-column terms of the group last multiplied in the chunk.)
   auto multiply_half2 = [&](const Unit& u, const __half2* xh, int e, GroupTerms& terms) {
     uint4 xs4[ROWS][kUnitWords];  // the unit's x: 4 pairs a word
 #pragma unroll
@@ -389,7 +367,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
       add_low = __hmul2(bits_half2(zero * 0x00010001u | 0x64006400u), neg_low);
       add_high = __hmul2(bits_half2(zero * 0x00100010u | 0x64006400u), neg_high);
     };
-    if constexpr (kBlocked) {
+    if constexpr (kOneRow) {
       if (u.group != terms.group) {  // the warp's branch
         terms.group = u.group;
 #pragma unroll
@@ -402,7 +380,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       __half2 add_low, add_high;
-      if constexpr (kBlocked) {
+      if constexpr (kOneRow) {
         add_low = terms.add_low[c];
         add_high = terms.add_high[c];
       } else {
@@ -428,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
           sums[m] = __hfma2(bits_half2(xs4[m][j].w), v[3], sums[m]);
         }
       }
-      const float scale = kBlocked ? terms.scale[c] : Io<T>::load(scale_t[c]) * unscale;
+      const float scale = kOneRow ? terms.scale[c] : Io<T>::load(scale_t[c]) * unscale;
 #pragma unroll
       for (int m = 0; m < ROWS; ++m) {
         const float2 pair = __half22float2(sums[m]);
@@ -441,12 +419,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   for (int chunk = unit_begin; chunk < unit_end; chunk += kChunkK / C::kUnitK) {
     const int chunk_end = min(chunk + kChunkK / C::kUnitK, unit_end);
     // 1. Start streaming this warp's first units before waiting on anything. Warp w takes
-    //    units chunk + w, chunk + w + kWarps, ... (kBlocked: a run of consecutive units,
+    //    units chunk + w, chunk + w + kWarps, ... (kOneRow: a run of consecutive units,
     //    [first, last)); each holds kStages of them in registers.
     const int per_warp = (chunk_end - chunk + kWarps - 1) / kWarps;
-    const int first = kBlocked ? chunk + warp * per_warp : chunk + warp;
-    const int last = kBlocked ? min(first + per_warp, chunk_end) : chunk_end;
-    constexpr int kStride = kBlocked ? 1 : kWarps;  // between a warp's units
+    const int first = kOneRow ? chunk + warp * per_warp : chunk + warp;
+    const int last = kOneRow ? min(first + per_warp, chunk_end) : chunk_end;
+    constexpr int kStride = kOneRow ? 1 : kWarps;  // between a warp's units
     Unit held[kStages];
 #pragma unroll
     for (int s = 0; s < kStages; ++s) fetch(held[s], first + s * kStride, last, first);
