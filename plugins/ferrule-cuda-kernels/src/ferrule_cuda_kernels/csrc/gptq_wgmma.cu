@@ -98,16 +98,28 @@ using common::half2_bits;
 // Warpgroup 0 of a block is the producer, warpgroups 1 and 2 the consumers.
 constexpr int kConsumers = 2;
 constexpr int kThreads = 128 * (kConsumers + 1);
-// m64 tiles a consumer multiplies: two (128 columns), or one at 256 rows (64 columns: wgmma's
-// widest N, which halves the dequantizing a product takes).
+// FERRULE_WGMMA_FEW_ROW_BLOCKS=2 (off: not yet timed on a GPU): up to 16 rows, one m64 tile a
+// consumer and two blocks a multiprocessor (80 registers a thread at launch; the producer
+// gives up 40 and the consumers take 96, which the 16-row consumer holds without spills at
+// one tile, where two tiles spill 292 bytes even at 152). The aim: twice the consumer warps a
+// scheduler where, at one block, nothing saturates (ncu at 16 rows: issue slots 51% busy,
+// 2.25 warps a scheduler; H200, fourteenth session). Blocks cover 128 columns instead of 256.
+#ifndef FERRULE_WGMMA_FEW_ROW_BLOCKS
+#define FERRULE_WGMMA_FEW_ROW_BLOCKS 1
+#endif
 template <int TOKENS>
-constexpr int kTiles = TOKENS == 256 ? 1 : 2;
+constexpr bool kTwoBlocks = FERRULE_WGMMA_FEW_ROW_BLOCKS == 2 && TOKENS <= 16;
+// m64 tiles a consumer multiplies: two (128 columns), or one at 256 rows (64 columns: wgmma's
+// widest N, which halves the dequantizing a product takes) and where two blocks share a
+// multiprocessor (kTwoBlocks).
+template <int TOKENS>
+constexpr int kTiles = TOKENS == 256 || kTwoBlocks<TOKENS> ? 1 : 2;
 template <int TOKENS>
 constexpr int kGroupCols = 64 * kTiles<TOKENS>;
 template <int TOKENS>
 constexpr int kBlockCols = kGroupCols<TOKENS> * kConsumers;
 constexpr int block_cols_for(int tokens) {
-  return tokens == 256 ? kBlockCols<256> : kBlockCols<128>;
+  return tokens == 256 ? kBlockCols<256> : tokens <= 16 ? kBlockCols<16> : kBlockCols<128>;
 }
 constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
 constexpr int kMinStepsPerSplit = 4;
@@ -569,7 +581,7 @@ __device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh,
 }
 
 template <int TOKENS>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kTwoBlocks<TOKENS> ? 2 : 1)
     gptq_wgmma_kernel(const __grid_constant__ Problem p, const __grid_constant__ Maps maps) {
   constexpr int kSums = TOKENS / 2;  // float32 sums a consumer thread holds per tile
   constexpr int kT = kTiles<TOKENS>;
@@ -637,7 +649,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // instructions a step, ~1,000 cycles, ncu; four threads each issuing every fourth step
     // gained nothing once the copies were four. Copied with cp.async by the whole warpgroup,
     // the address arithmetic, ~110-290 instructions a step, did too.)
-    set_registers<false, 40>();
+    set_registers<false, 40>();  // also at kTwoBlocks (at 32 the producer's code spills)
     if (t == 0) {
       constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
       // The step's weight copies (words, scales, zero points) into `stage`, whose full barrier
@@ -683,7 +695,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     // Consumer: reads a step's words from its stage, dequantizes them a 32-row unit at a time
     // into fragments and issues each unit's wgmmas while dequantizing the ones after.
-    set_registers<true, 232>();
+    set_registers<true, kTwoBlocks<TOKENS> ? 96 : 232>();
     float acc[kT][kSums];
 #pragma unroll
     for (int j = 0; j < kT; ++j) {
