@@ -270,14 +270,15 @@ def emulated_wgmma(emulator):
 
 @pytest.fixture(scope="session")
 def two_block_emulator(tmp_path_factory):
-    """The kernels built with gptq_wgmma.cu's FERRULE_WGMMA_FEW_ROW_BLOCKS=2 (off by default)."""
+    """The kernels built with gptq_wgmma.cu's FERRULE_WGMMA_TWO_BLOCK_TILES=5 (16- and 64-row
+    tiles two blocks a multiprocessor; off by default)."""
     folder = tmp_path_factory.mktemp("emulated_two_blocks")
-    return build_emulator(folder, ("FERRULE_WGMMA_FEW_ROW_BLOCKS=2",))
+    return build_emulator(folder, ("FERRULE_WGMMA_TWO_BLOCK_TILES=5",))
 
 
 @pytest.fixture
 def two_block_wgmma(two_block_emulator):
-    """cuda-gptq-wgmma built with FERRULE_WGMMA_FEW_ROW_BLOCKS=2 (``wgmma_runner``)."""
+    """cuda-gptq-wgmma built with FERRULE_WGMMA_TWO_BLOCK_TILES=5 (``wgmma_runner``)."""
     return wgmma_runner(two_block_emulator)
 
 

@@ -98,17 +98,19 @@ using common::half2_bits;
 // Warpgroup 0 of a block is the producer, warpgroups 1 and 2 the consumers.
 constexpr int kConsumers = 2;
 constexpr int kThreads = 128 * (kConsumers + 1);
-// FERRULE_WGMMA_FEW_ROW_BLOCKS=2 (off: not yet timed on a GPU): up to 16 rows, one m64 tile a
-// consumer and two blocks a multiprocessor (80 registers a thread at launch; the producer
-// gives up 40 and the consumers take 96, which the 16-row consumer holds without spills at
-// one tile, where two tiles spill 292 bytes even at 152). The aim: twice the consumer warps a
-// scheduler where, at one block, nothing saturates (ncu at 16 rows: issue slots 51% busy,
-// 2.25 warps a scheduler; H200, fourteenth session). Blocks cover 128 columns instead of 256.
-#ifndef FERRULE_WGMMA_FEW_ROW_BLOCKS
-#define FERRULE_WGMMA_FEW_ROW_BLOCKS 1
+// FERRULE_WGMMA_TWO_BLOCK_TILES, a bit a row tile (1: 16 rows, 4: 64 rows; 0, the default:
+// none, as nothing has been timed on a GPU yet): those tiles take one m64 tile a consumer
+// and run two blocks a multiprocessor (80 registers a thread at launch; the producer gives up
+// 40 and the consumers take 96, which the 16-row consumer holds without spills at one tile,
+// where two tiles spill 292 bytes even at 152; the 64-row one spills a word, the 32-row one
+// 132 bytes). The aim: twice the consumer warps a scheduler where, at one block, nothing
+// saturates (ncu at 16 rows: issue slots 51% busy, 2.25 warps a scheduler; H200, fourteenth
+// session). Such blocks cover 128 columns instead of 256.
+#ifndef FERRULE_WGMMA_TWO_BLOCK_TILES
+#define FERRULE_WGMMA_TWO_BLOCK_TILES 0
 #endif
 template <int TOKENS>
-constexpr bool kTwoBlocks = FERRULE_WGMMA_FEW_ROW_BLOCKS == 2 && TOKENS <= 16;
+constexpr bool kTwoBlocks = TOKENS <= 64 && ((FERRULE_WGMMA_TWO_BLOCK_TILES >> (TOKENS / 32)) & 1);
 // m64 tiles a consumer multiplies: two (128 columns), or one at 256 rows (64 columns: wgmma's
 // widest N, which halves the dequantizing a product takes) and where two blocks share a
 // multiprocessor (kTwoBlocks).
@@ -119,7 +121,8 @@ constexpr int kGroupCols = 64 * kTiles<TOKENS>;
 template <int TOKENS>
 constexpr int kBlockCols = kGroupCols<TOKENS> * kConsumers;
 constexpr int block_cols_for(int tokens) {
-  return tokens == 256 ? kBlockCols<256> : tokens <= 16 ? kBlockCols<16> : kBlockCols<128>;
+  return tokens == 16 ? kBlockCols<16> : tokens == 32 ? kBlockCols<32> : tokens == 64 ? kBlockCols<64>
+       : tokens == 128 ? kBlockCols<128> : kBlockCols<256>;
 }
 constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
 constexpr int kMinStepsPerSplit = 4;
@@ -141,13 +144,14 @@ constexpr int kStageBytes = kXBytes<TOKENS> + kWordBytes<TOKENS> + kParamBytes;
 // Stages in the ring: up to about 180 KB of shared memory (one block a multiprocessor). Up to
 // 32 rows, 6: faster than 4, 8, 10, 12 or 16 on the Llama-3 layers at 3-32 rows (H100, one
 // run: 4096x14336 at 16 rows 2.65x of fp16 against 2.49x with 12; 28672x8192 3.14x / 3.06x).
+// Two 64-row blocks a multiprocessor (kTwoBlocks) fit 8 stages each (104 KB).
 #ifndef FERRULE_WGMMA_STAGES
 #define FERRULE_WGMMA_STAGES 0
 #endif
 template <int TOKENS>
 constexpr int kStages = FERRULE_WGMMA_STAGES > 0 ? FERRULE_WGMMA_STAGES
                         : TOKENS <= 32                ? 6
-                        : TOKENS == 64                ? 10
+                        : TOKENS == 64                ? (kTwoBlocks<64> ? 8 : 10)
                         : TOKENS == 128               ? 7
                                                       : 5;
 constexpr int kMaxStages = 16;
