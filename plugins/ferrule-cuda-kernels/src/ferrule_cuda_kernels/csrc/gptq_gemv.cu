@@ -167,7 +167,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
   // carry no per-lane predicates. H200, ratio to fp16 cuBLAS at one row, one run against the
   // predicated form with every 8th unit (bench/cuda_gemv_variants.py): 4096x4096 2.02x /
   // 1.96x, 4096x14336 2.49x / 2.39x, 14336x4096 2.89x / 2.72x, 28672x8192 3.09x / 3.05x. Each
-  // change alone gained at most 2%; the lean loads at two rows lost 7-10%, hence one row only.
+  // change alone gained at most 2%; the lean loads at two rows lost up to 10%, hence one row
+  // only.
   constexpr bool kOneRow = kHalf2 && ROWS == 1;
   // GATHER_ROW: the whole row of x is copied to shared memory after the staged chunk
   // (float16), and the chunk gathers from it (see kGatherRowMax).

@@ -121,8 +121,13 @@ constexpr int kGroupCols = 64 * kTiles<TOKENS>;
 template <int TOKENS>
 constexpr int kBlockCols = kGroupCols<TOKENS> * kConsumers;
 constexpr int block_cols_for(int tokens) {
-  return tokens == 16 ? kBlockCols<16> : tokens == 32 ? kBlockCols<32> : tokens == 64 ? kBlockCols<64>
-       : tokens == 128 ? kBlockCols<128> : kBlockCols<256>;
+  switch (tokens) {
+    case 16: return kBlockCols<16>;
+    case 32: return kBlockCols<32>;
+    case 64: return kBlockCols<64>;
+    case 128: return kBlockCols<128>;
+    default: return kBlockCols<256>;
+  }
 }
 constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
 constexpr int kMinStepsPerSplit = 4;
