@@ -137,12 +137,10 @@ def test_two_blocks_a_multiprocessor(
     gathers,
 ):
     """The 16- and 64-row tiles of FERRULE_WGMMA_TWO_BLOCK_TILES against the float64 oracle."""
-    run = two_block_wgmma
     layer = sorted_layer(k, n, group_size, desc_act, False, seed=k + n + rows)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).half()
-    plan = check(
-        run, layer, x, tokens=tokens, splits=splits, clusters=clusters, gather_in_kernel=gathers
-    )
+    forced = {"tokens": tokens, "splits": splits, "clusters": clusters, "gather_in_kernel": gathers}
+    plan = check(two_block_wgmma, layer, x, **forced)
     assert plan[0] == (tokens or 16) and (splits == 0 or plan[1] == splits), plan
     assert plan[3] == (1 if clusters else 0), plan
 
