@@ -142,8 +142,8 @@ def cuda_include() -> Path | None:
     return None
 
 
-def build_emulator(folder: Path, defines: tuple[str, ...] = ()):
-    """The kernels built on the host into ``folder`` (with extra ``-D`` ``defines``), loaded."""
+def build_emulator(folder: Path):
+    """The kernels built on the host into ``folder``, loaded."""
     compiler = shutil.which("g++") or shutil.which("c++")
     include = cuda_include()
     if compiler is None or include is None:
@@ -166,7 +166,6 @@ def build_emulator(folder: Path, defines: tuple[str, ...] = ()):
             "-pthread",
             f"-I{include}",
             f"-I{extension.CSRC}",
-            *(f"-D{define}" for define in defines),
             *map(str, units),
             str(entry),
             "-o",
@@ -245,7 +244,8 @@ def emulated_mma(emulator):
     return run
 
 
-def wgmma_runner(emulator):
+@pytest.fixture
+def emulated_wgmma(emulator):
     """``run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False,
     clusters=0)``: ``(out, plan)`` of the emulated cuda-gptq-wgmma, plan = ``(tokens, splits,
     steps_per_split, in_clusters)``; ``clusters`` as the kernel's (0 never, 1 where the plan
@@ -260,26 +260,6 @@ def wgmma_runner(emulator):
         )
 
     return run
-
-
-@pytest.fixture
-def emulated_wgmma(emulator):
-    """cuda-gptq-wgmma as built by default (``wgmma_runner``)."""
-    return wgmma_runner(emulator)
-
-
-@pytest.fixture(scope="session")
-def two_block_emulator(tmp_path_factory):
-    """The kernels built with gptq_wgmma.cu's FERRULE_WGMMA_TWO_BLOCK_TILES=5 (16- and 64-row
-    tiles two blocks a multiprocessor; off by default)."""
-    folder = tmp_path_factory.mktemp("emulated_two_blocks")
-    return build_emulator(folder, ("FERRULE_WGMMA_TWO_BLOCK_TILES=5",))
-
-
-@pytest.fixture
-def two_block_wgmma(two_block_emulator):
-    """cuda-gptq-wgmma built with FERRULE_WGMMA_TWO_BLOCK_TILES=5 (``wgmma_runner``)."""
-    return wgmma_runner(two_block_emulator)
 
 
 @pytest.fixture

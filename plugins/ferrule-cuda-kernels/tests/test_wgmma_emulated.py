@@ -103,48 +103,6 @@ def test_strided_and_large_inputs(emulated_wgmma, sorted_layer):
     check(emulated_wgmma, layer, x)
 
 
-# 16- and 64-row tiles with -DFERRULE_WGMMA_TWO_BLOCK_TILES=5 (one m64 tile a consumer, 128
-# columns a block, two blocks a multiprocessor, the 64-row ring 8 stages):
-# (K, N, group_size, desc_act, rows, tokens, splits, clusters, gather_in_kernel).
-TWO_BLOCK_CASES = [
-    (256, 256, 128, False, 16, 0, 0, 0, False),  # two blocks of 128 columns
-    (384, 256, 128, False, 9, 0, 0, 0, False),  # six steps: the ring's size
-    (320, 160, 64, True, 12, 0, 0, 0, False),  # odd steps, a partial block, act-order
-    (1024, 416, 128, True, 20, 16, 3, 0, False),  # two row tiles in 3 splits, a partial block
-    (1024, 416, 128, True, 9, 16, 2, 2, False),  # split-K in clusters of 2
-    (1024, 416, 128, True, 9, 16, 8, 2, False),  # of 8: ranks that own no group
-    (1280, 160, 128, True, 4, 16, 2, 0, True),  # x gathered by the producer warps
-    (1024, 416, 128, True, 40, 64, 1, 0, False),  # 64-row tiles: 16 steps, round the ring twice
-    (1024, 416, 128, True, 70, 64, 2, 2, False),  # two row tiles, split-K in clusters
-]
-
-
-@pytest.mark.parametrize(
-    ("k", "n", "group_size", "desc_act", "rows", "tokens", "splits", "clusters", "gathers"),
-    TWO_BLOCK_CASES,
-)
-def test_two_blocks_a_multiprocessor(
-    two_block_wgmma,
-    sorted_layer,
-    k,
-    n,
-    group_size,
-    desc_act,
-    rows,
-    tokens,
-    splits,
-    clusters,
-    gathers,
-):
-    """The 16- and 64-row tiles of FERRULE_WGMMA_TWO_BLOCK_TILES against the float64 oracle."""
-    layer = sorted_layer(k, n, group_size, desc_act, False, seed=k + n + rows)
-    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).half()
-    forced = {"tokens": tokens, "splits": splits, "clusters": clusters, "gather_in_kernel": gathers}
-    plan = check(two_block_wgmma, layer, x, **forced)
-    assert plan[0] == (tokens or 16) and (splits == 0 or plan[1] == splits), plan
-    assert plan[3] == (1 if clusters else 0), plan
-
-
 def planned(emulator, m, k, n, num_sms=66, tokens=0, splits=0, clusters=0):
     """``(tokens, splits, steps_per_split, in_clusters)`` the kernel plans for an ``[m, k] @
     [k, n]`` problem on ``num_sms`` emulated multiprocessors of two resident blocks each (66:

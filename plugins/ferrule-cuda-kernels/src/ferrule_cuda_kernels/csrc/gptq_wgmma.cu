@@ -98,36 +98,16 @@ using common::half2_bits;
 // Warpgroup 0 of a block is the producer, warpgroups 1 and 2 the consumers.
 constexpr int kConsumers = 2;
 constexpr int kThreads = 128 * (kConsumers + 1);
-// FERRULE_WGMMA_TWO_BLOCK_TILES, a bit a row tile (1: 16 rows, 4: 64 rows; 0, the default:
-// none, as nothing has been timed on a GPU yet): those tiles take one m64 tile a consumer
-// and run two blocks a multiprocessor (80 registers a thread at launch; the producer gives up
-// 40 and the consumers take 96, which the 16-row consumer holds without spills at one tile,
-// where two tiles spill 292 bytes even at 152; the 64-row one spills a word, the 32-row one
-// 132 bytes). The aim: twice the consumer warps a scheduler where, at one block, nothing
-// saturates (ncu at 16 rows: issue slots 51% busy, 2.25 warps a scheduler; H200, fourteenth
-// session). Such blocks cover 128 columns instead of 256.
-#ifndef FERRULE_WGMMA_TWO_BLOCK_TILES
-#define FERRULE_WGMMA_TWO_BLOCK_TILES 0
-#endif
-template <int TOKENS>
-constexpr bool kTwoBlocks = TOKENS <= 64 && ((FERRULE_WGMMA_TWO_BLOCK_TILES >> (TOKENS / 32)) & 1);
 // m64 tiles a consumer multiplies: two (128 columns), or one at 256 rows (64 columns: wgmma's
-// widest N, which halves the dequantizing a product takes) and where two blocks share a
-// multiprocessor (kTwoBlocks).
+// widest N, which halves the dequantizing a product takes).
 template <int TOKENS>
-constexpr int kTiles = TOKENS == 256 || kTwoBlocks<TOKENS> ? 1 : 2;
+constexpr int kTiles = TOKENS == 256 ? 1 : 2;
 template <int TOKENS>
 constexpr int kGroupCols = 64 * kTiles<TOKENS>;
 template <int TOKENS>
 constexpr int kBlockCols = kGroupCols<TOKENS> * kConsumers;
 constexpr int block_cols_for(int tokens) {
-  switch (tokens) {
-    case 16: return kBlockCols<16>;
-    case 32: return kBlockCols<32>;
-    case 64: return kBlockCols<64>;
-    case 128: return kBlockCols<128>;
-    default: return kBlockCols<256>;
-  }
+  return tokens == 256 ? kBlockCols<256> : kBlockCols<128>;
 }
 constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
 constexpr int kMinStepsPerSplit = 4;
@@ -149,14 +129,13 @@ constexpr int kStageBytes = kXBytes<TOKENS> + kWordBytes<TOKENS> + kParamBytes;
 // Stages in the ring: up to about 180 KB of shared memory (one block a multiprocessor). Up to
 // 32 rows, 6: faster than 4, 8, 10, 12 or 16 on the Llama-3 layers at 3-32 rows (H100, one
 // run: 4096x14336 at 16 rows 2.65x of fp16 against 2.49x with 12; 28672x8192 3.14x / 3.06x).
-// Two 64-row blocks a multiprocessor (kTwoBlocks) fit 8 stages each (104 KB).
 #ifndef FERRULE_WGMMA_STAGES
 #define FERRULE_WGMMA_STAGES 0
 #endif
 template <int TOKENS>
 constexpr int kStages = FERRULE_WGMMA_STAGES > 0 ? FERRULE_WGMMA_STAGES
                         : TOKENS <= 32                ? 6
-                        : TOKENS == 64                ? (kTwoBlocks<64> ? 8 : 10)
+                        : TOKENS == 64                ? 10
                         : TOKENS == 128               ? 7
                                                       : 5;
 constexpr int kMaxStages = 16;
@@ -590,7 +569,7 @@ __device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh,
 }
 
 template <int TOKENS>
-__global__ void __launch_bounds__(kThreads, kTwoBlocks<TOKENS> ? 2 : 1)
+__global__ void __launch_bounds__(kThreads, 1)
     gptq_wgmma_kernel(const __grid_constant__ Problem p, const __grid_constant__ Maps maps) {
   constexpr int kSums = TOKENS / 2;  // float32 sums a consumer thread holds per tile
   constexpr int kT = kTiles<TOKENS>;
@@ -658,7 +637,7 @@ __global__ void __launch_bounds__(kThreads, kTwoBlocks<TOKENS> ? 2 : 1)
     // instructions a step, ~1,000 cycles, ncu; four threads each issuing every fourth step
     // gained nothing once the copies were four. Copied with cp.async by the whole warpgroup,
     // the address arithmetic, ~110-290 instructions a step, did too.)
-    set_registers<false, 40>();  // also at kTwoBlocks (at 32 the producer's code spills)
+    set_registers<false, 40>();
     if (t == 0) {
       constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
       // The step's weight copies (words, scales, zero points) into `stage`, whose full barrier
@@ -704,7 +683,7 @@ __global__ void __launch_bounds__(kThreads, kTwoBlocks<TOKENS> ? 2 : 1)
   } else {
     // Consumer: reads a step's words from its stage, dequantizes them a 32-row unit at a time
     // into fragments and issues each unit's wgmmas while dequantizing the ones after.
-    set_registers<true, kTwoBlocks<TOKENS> ? 96 : 232>();
+    set_registers<true, 232>();
     float acc[kT][kSums];
 #pragma unroll
     for (int j = 0; j < kT; ++j) {
