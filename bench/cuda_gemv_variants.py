@@ -4,6 +4,7 @@
     python bench/cuda_gemv_variants.py s2=-DFERRULE_GEMV_STAGES=2,-DFERRULE_GEMV_MIN_BLOCKS=3
     python bench/cuda_gemv_variants.py --kernel cuda-gptq-mma --rows 16,64 s3=-DFERRULE_MMA_STAGES=3
     python bench/cuda_gemv_variants.py --kernel cuda-gptq-wgmma --rows 256,1024 s4=-DFERRULE_WGMMA_STAGES=4
+    python bench/cuda_gemv_variants.py --act-order --rows 1,2   # act-order layers, the default build
 
 Each ``NAME=FLAGS`` builds the extension's sources with those extra nvcc flags (the
 ``FERRULE_GEMV_*`` macros at the top of ``csrc/gptq_gemv.cu``, ``FERRULE_MMA_*`` in
@@ -49,6 +50,9 @@ def main() -> None:
         default="cuda-gptq-gemv",
         choices=("cuda-gptq-gemv", "cuda-gptq-mma", "cuda-gptq-wgmma"),
     )
+    parser.add_argument(
+        "--act-order", action="store_true", help="act-order layers (desc_act) instead of in-order"
+    )
     args = parser.parse_args()
 
     import torch
@@ -72,8 +76,8 @@ def main() -> None:
 
     for k, n in SHAPES:
         copies = _copies(_w4_bytes(k, n, 1))
-        gemv = _quant_layers(k, n, copies, desc_act=False, kernel=args.kernel)
-        triton = _quant_layers(k, n, copies, desc_act=False, kernel="triton-gptq")
+        gemv = _quant_layers(k, n, copies, desc_act=args.act_order, kernel=args.kernel)
+        triton = _quant_layers(k, n, copies, desc_act=args.act_order, kernel="triton-gptq")
         weights = [torch.randn(k, n, device="cuda", dtype=torch.float16) for _ in range(2)]
         for m in (int(v) for v in args.rows.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)

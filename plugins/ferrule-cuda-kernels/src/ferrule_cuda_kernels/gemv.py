@@ -1,16 +1,16 @@
 """``cuda-gptq-gemv``: a CUDA C++ GEMV over GPTQ's own layout for decode-sized batches.
 
-``y = x[..., input_perm] @ W_sorted`` for 4- and 8-bit layers, reading ``qweight``,
-``qzeros`` and ``scales`` as the layer holds them (no repacked copy): the kernel
-(``csrc/gptq_gemv.cu``, whose header comment gives the layout and the arithmetic) streams the
-weight once with 16-byte loads, applies each row of ``x`` (up to 8 in one pass) to every
-weight it loads, gathers ``x`` through the layer's ``input_perm`` itself
-(``handles_input_perm``; float16 rows of K >= 16,384 are gathered once first, by a small
-kernel the product follows), accumulates in float32 (float16 ``x`` with 4-bit codes: sums of
-16 products in float16 first, at a power-of-two scale chosen from the largest ``|x|``) and
-splits K over blocks when the layer is too narrow to fill the GPU. More than 8 rows run in passes of 8, each reading the weight again:
-correct at any batch; preferred for 1 and 2 rows (``preferred_rows``), where it beats
-triton-gptq on an H100.
+``y = x[..., input_perm] @ W_sorted`` for 4- and 8-bit layers, reading ``qweight``, ``qzeros``
+and ``scales`` as the layer holds them (no repacked copy): the kernel (``csrc/gptq_gemv.cu``,
+whose header comment gives the layout and the arithmetic) streams the weight once with 16-byte
+loads, applies each row of ``x`` (up to 8 in one pass) to every weight it loads, gathers ``x``
+through the layer's ``input_perm`` itself (``handles_input_perm``; float16 act-order rows are
+gathered once first, by a small kernel the product follows, from two rows, and one row from K =
+16,384), accumulates in float32 (float16 ``x`` with 4-bit codes: sums of 16 products in float16
+first, at a power-of-two scale chosen from the largest ``|x|``) and splits K over blocks when
+the layer is too narrow to fill the GPU. More than 8 rows run in passes of 8, each reading the
+weight again: correct at any batch; preferred for 1 and 2 rows (``preferred_rows``), where it
+beats triton-gptq on an H100.
 
 The layer arrives with its rows sorted by group (``sorted_groups=True``); the kernel needs
 groups of ``group_size`` consecutive rows, which every GPTQ layer has once sorted, and a group

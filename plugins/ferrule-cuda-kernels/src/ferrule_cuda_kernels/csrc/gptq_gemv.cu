@@ -617,13 +617,18 @@ auto dispatch(const Problem& p, F&& f) {
 
 }  // namespace
 
-// From this K, act-order float16 rows are gathered first (H100, 28672x8192: act-order /
-// in-order time 1.08 -> 1.03 at one row, 1.19 -> 1.05 at two; at K = 4096-14336 gathering
-// first was up to 3% slower at one row).
+// Act-order float16 rows are gathered first from two rows at any K, and one row from this K
+// (H100, 28672x8192: act-order / in-order time 1.08 -> 1.03 at one row, 1.19 -> 1.05 at two;
+// at K = 4096-14336 gathering first was up to 3% slower at one row). H200, two rows of the
+// Llama-3 layers, act-order, ratio to fp16 cuBLAS, gathering first from K = 4096 against
+// 16384 (bench/cuda_gemv_variants.py --act-order, one run): 4096x4096 1.70x / 1.64x,
+// 4096x6144 1.68x / 1.57x, 4096x14336 1.97x / 1.87x, 4096x28672 2.29x / 2.19x, 14336x4096
+// 2.21x / 2.12x; one row lost up to 10% at K = 4096 (4096x4096 1.84x / 2.04x) and nothing at
+// 14336.
 constexpr int kGatherFirstFromK = 16384;
 
 bool gemv_gathers_first(const Problem& p) {
-  return p.perm != nullptr && !p.bf16 && p.K >= kGatherFirstFromK && p.K % 8 == 0;
+  return p.perm != nullptr && !p.bf16 && (p.M >= 2 || p.K >= kGatherFirstFromK) && p.K % 8 == 0;
 }
 
 void plan(Problem& p, int num_sms, int64_t counter_capacity) {

@@ -70,8 +70,9 @@ void plan(Problem& p, int num_sms, int64_t counter_capacity);
 cudaError_t launch(const Problem& p, cudaStream_t stream);
 
 // Whether cuda-gptq-gemv's caller should gather x[:, perm] first (gather_rows, then launch
-// without perm): act-order float16 rows of long K, where the kernel's own gather would have
-// every block copy the whole row to shared memory for its share of K.
+// without perm): act-order float16 rows, from two rows at any K (the kernel's own gather
+// reads x through perm from global memory there) and one row of long K (where it would have
+// every block copy the whole row to shared memory for its share of K).
 bool gemv_gathers_first(const Problem& p);
 
 // cuda-gptq-mma (gptq_mma.cu): float16 x, 4-bit codes, tensor cores (sm_80+). Chooses
