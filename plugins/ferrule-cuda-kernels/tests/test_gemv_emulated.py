@@ -119,8 +119,9 @@ def test_act_order_row_gathered_from_shared_memory(emulator, k, stride):
 
 @pytest.mark.parametrize("rows", [1, 2])
 def test_act_order_rows_of_long_k_are_gathered_first(emulator, rows):
-    """From K = 16,384, float16 act-order rows are gathered once (gather_rows) and the kernel
-    reads them in order, as the binding does; bfloat16 keeps the kernel's own gather."""
+    """Float16 act-order rows are gathered once (gather_rows), one row from K = 16,384 and two
+    at any K, and the kernel reads them in order, as the binding does; bfloat16 keeps the
+    kernel's own gather."""
     layer = sorted_layer(16384, 64, 4, 128, True, False, seed=11)
     x = torch.randn(rows, 16384, generator=torch.Generator().manual_seed(4))
     for dtype in (torch.float16, torch.bfloat16):

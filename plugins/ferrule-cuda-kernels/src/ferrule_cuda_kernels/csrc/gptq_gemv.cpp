@@ -173,7 +173,8 @@ torch::Tensor gptq_gemv(const torch::Tensor& x, const std::optional<torch::Tenso
                         int64_t bits, int64_t group_size) {
   auto p = problem_for("cuda-gptq-gemv", x, perm, qweight, qzeros, scales, counters, bits,
                        group_size);
-  // Act-order float16 rows of long K: x[:, perm] once first (see gemv_gathers_first).
+  // Act-order float16 rows (two or more, or one of long K): x[:, perm] once first (see
+  // gemv_gathers_first).
   torch::Tensor gathered;
   if (ferrule_gemv::gemv_gathers_first(p)) gathered = gather_first(p, x);
   return run(p, x, counters, ferrule_gemv::plan, ferrule_gemv::launch);

@@ -225,6 +225,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
     return unit > warp_first && common::group_of(p, (unit - 1) * C::kUnitK) == group;
   };
 
+  // A unit's scales and zero points: those of `group` for this thread's 4 columns.
+  auto load_group = [&](Unit& u, uint32_t group) {
+    u.scales = __ldg(scol + group * n4);
+    u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
+  };
+
   // Issues the loads of `unit`. kOneRow: none past `end` (such a unit is never multiplied),
   // zeros for the words of a last unit past K's end, not the scales and zeros of a unit that
   // continues its group; the branches are the warp's, not the lane's. Otherwise zeros past
@@ -246,8 +252,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
       const uint32_t group = common::group_of(p, unit * C::kUnitK);
       u.group = group;
       if (continues_group(unit, group, warp_first)) return;
-      u.scales = __ldg(scol + group * n4);
-      u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
+      load_group(u, group);
     } else {
       const bool ok = col_ok && unit < end;
       const uint32_t first = static_cast<uint32_t>(unit) * kUnitWords * n4;
@@ -258,11 +263,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<ROWS>) gptq_gemv_kernel(c
       }
       u.scales = make_uint2(0u, 0u);
       u.zeros = 0u;
-      if (ok) {
-        const uint32_t group = common::group_of(p, unit * C::kUnitK);
-        u.scales = __ldg(scol + group * n4);
-        u.zeros = __ldg(zcol + group * zero_words) >> zero_shift;
-      }
+      if (ok) load_group(u, common::group_of(p, unit * C::kUnitK));
     }
   };
 
