@@ -101,8 +101,9 @@ extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
   return static_cast<int>(ferrule_gemv::launch_mma(p, nullptr));
 }
 
-// plan: in, tokens, splits to force (0: choose) and flags (bit 0: gather_in_kernel, bits 1-2:
-// Problem::clusters); out, tokens, splits, steps_per_split, in_clusters.
+// plan: in, tokens, splits to force (0: choose), flags (bit 0: gather_in_kernel, bits 1-2:
+// Problem::clusters), unused, tiles to force; out, tokens, splits, steps_per_split,
+// in_clusters, tiles.
 extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
                               const int32_t* perm, const int32_t* qweight, const int32_t* qzeros,
                               const void* scales, void* out, float* workspace, int32_t* counters,
@@ -115,8 +116,10 @@ extern "C" int emulated_wgmma(const void* x, int64_t stride_m, int64_t stride_k,
   p.clusters = (plan[2] >> 1) & 3;
   p.tokens = plan[0];
   p.splits = plan[1];
+  p.tiles = plan[4];
   ferrule_gemv::plan_wgmma(p, num_sms, capacity);
   plan[0] = p.tokens; plan[1] = p.splits; plan[2] = p.units_per_split; plan[3] = p.in_clusters;
+  plan[4] = p.tiles;
   if (workspace == nullptr) return 0;
   // As the binding: act-order layers gather x first (or, with gather_in_kernel, in the kernel),
   // and x that TMA cannot read is copied.
@@ -247,16 +250,18 @@ def emulated_mma(emulator):
 @pytest.fixture
 def emulated_wgmma(emulator):
     """``run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False,
-    clusters=0)``: ``(out, plan)`` of the emulated cuda-gptq-wgmma, plan = ``(tokens, splits,
-    steps_per_split, in_clusters)``; ``clusters`` as the kernel's (0 never, 1 where the plan
-    estimates it faster, 2 wherever it can). With clusters the workspace starts as NaN: split-K
-    in a cluster must not read it."""
+    clusters=0, tiles=0)``: ``(out, plan)`` of the emulated cuda-gptq-wgmma, plan = ``(tokens,
+    splits, steps_per_split, in_clusters, tiles)``; ``clusters`` as the kernel's (0 never, 1
+    where the plan estimates it faster, 2 wherever it can). With clusters the workspace starts
+    as NaN: split-K in a cluster must not read it."""
 
-    def run(layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False, clusters=0):
-        forced = (tokens, splits, int(gather_in_kernel) | clusters << 1, 0)
+    def run(
+        layer, x, tokens=0, splits=0, plan_only=False, gather_in_kernel=False, clusters=0, tiles=0
+    ):
+        forced = (tokens, splits, int(gather_in_kernel) | clusters << 1, 0, tiles)
         fill = float("nan") if clusters else 0.0
         return run_emulated(
-            emulator.emulated_wgmma, layer, x, layer.input_perm, forced, 4, 1, plan_only, fill
+            emulator.emulated_wgmma, layer, x, layer.input_perm, forced, 5, 1, plan_only, fill
         )
 
     return run

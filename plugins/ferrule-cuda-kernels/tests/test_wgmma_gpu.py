@@ -1,7 +1,7 @@
 """cuda-gptq-wgmma on an sm_90 device: the conformance kit, its plans, graphs, selection.
 
 The kit's layers are small; the larger ones below run every row tile (16, 32, 64, 128 rows and
-several tiles of 128), forced tiles and splits, split-K over blocks, a partial block of
+several tiles of 128), forced tiles (one or two m64 tiles a consumer) and splits, split-K over blocks, a partial block of
 columns, act-order and one group, each twice to show the split-K counters are left at zero.
 """
 
@@ -46,8 +46,9 @@ LARGE = [
 @pytest.mark.parametrize(("k", "n", "group_size", "desc_act", "sym"), LARGE)
 def test_large_layers(kernel_layer, forced_plans, k, n, group_size, desc_act, sym):
     layer = kernel_layer("cuda-gptq-wgmma", k, n, group_size, desc_act=desc_act, sym=sym)
-    plans = ((0, 0), (16, 1), (64, 3), (128, 2))
-    forced_plans(layer, (9, 16, 40, 64, 128, 300), plans, ("tokens", "splits"))
+    # (tokens, tiles a consumer, splits): 0 lets the plan choose
+    plans = ((0, 0, 0), (16, 2, 1), (64, 2, 3), (64, 1, 2), (128, 2, 2), (128, 1, 3))
+    forced_plans(layer, (9, 16, 40, 64, 128, 300), plans, ("tokens", "tiles", "splits"))
     assert layer.kernel_spec.name == "cuda-gptq-wgmma"
 
 
@@ -76,6 +77,19 @@ def test_gather_in_kernel(kernel_layer, forced_plans, graph_replay_errors, gathe
     assert max(errors) < TOLERANCE["float16"], errors
 
 
+# (tokens, tiles a consumer, splits) forced in test_split_k_in_clusters
+FORCED_IN_CLUSTERS = (
+    (0, 0, 0),
+    (16, 2, 2),
+    (32, 2, 3),
+    (64, 2, 8),
+    (64, 1, 4),
+    (128, 2, 4),
+    (128, 1, 2),
+    (256, 1, 2),
+)
+
+
 @pytest.mark.parametrize(("k", "n"), [(4096, 992), (8192, 2048)])
 def test_split_k_in_clusters(kernel_layer, graph_replay_errors, k, n):
     """Split-K in thread block clusters wherever it can (clusters=2): each block adds up its
@@ -91,18 +105,17 @@ def test_split_k_in_clusters(kernel_layer, graph_replay_errors, k, n):
             layer(x)  # builds the kernel object
         kernel = layer._kernel
         kernel.clusters = 2
-        for kernel.tokens, kernel.splits in ((0, 0), (16, 2), (32, 3), (64, 8), (128, 4), (256, 2)):
-            plan = kernel.module.gptq_wgmma_plan(
-                rows, k, n, kernel.counters.numel(), kernel.tokens, kernel.splits, 2
-            )
+        for forced in FORCED_IN_CLUSTERS:
+            kernel.tokens, kernel.tiles, kernel.splits = forced
+            plan = kernel.module.gptq_wgmma_plan(rows, k, n, kernel.counters.numel(), *forced, 2)
             assert plan[3] == (1 < plan[1] <= 8), plan  # up to 8 splits fit a cluster here
             with torch.no_grad():
                 first, second = layer(x), layer(x)
-            assert not kernel.counters.any(), (rows, kernel.tokens, kernel.splits)
+            assert not kernel.counters.any(), (rows, forced)
             assert torch.equal(first, second)
             err = relative_error(first, expected)
-            assert err < TOLERANCE["float16"], (rows, kernel.tokens, kernel.splits, err)
-        kernel.tokens = kernel.splits = 0
+            assert err < TOLERANCE["float16"], (rows, forced, err)
+        kernel.tokens = kernel.tiles = kernel.splits = 0
     errors = graph_replay_errors(layer, 256)
     assert max(errors) < TOLERANCE["float16"], errors
 

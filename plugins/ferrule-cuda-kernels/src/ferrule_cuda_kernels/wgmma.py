@@ -30,8 +30,10 @@ class CudaGptqWgmma(CudaGptqGemv):
 
     def __init__(self, layer: torch.nn.Module):
         super().__init__(layer)
-        # 0: the kernel's plan chooses; benchmarks may force them.
+        # 0: the kernel's plan chooses; benchmarks may force them (tiles, m64 tiles a consumer:
+        # 1 or 2 at 64 and 128 rows, forced only with tokens).
         self.tokens = 0
+        self.tiles = 0
         self.splits = 0
         # Act-order rows up to 4: the kernel's producer warps gather x through perm themselves
         # instead of a gather kernel first (on an H100, 3-4 rows: as fast or up to 15% faster
@@ -45,5 +47,5 @@ class CudaGptqWgmma(CudaGptqGemv):
     def _launch(self, rows: Tensor, scales: Tensor) -> Tensor:
         return self.module.gptq_wgmma(
             rows, self.perm, self.qweight, self.qzeros, scales, self.counters, self.group_size,
-            self.tokens, self.splits, self.gather_in_kernel, self.clusters,
+            self.tokens, self.tiles, self.splits, self.gather_in_kernel, self.clusters,
         )  # fmt: skip

@@ -199,12 +199,12 @@ torch::Tensor gptq_mma(const torch::Tensor& x, const std::optional<torch::Tensor
 
 // y [M, N] = x [M, K] @ W with cuda-gptq-wgmma (float16, 4-bit, sm_90). Act-order layers gather
 // x[:, perm] first, or with gather_in_kernel (up to 4 rows) in the kernel; x that TMA cannot
-// read as it is is copied first (wgmma_gathers_first). tokens and splits force the plan's
-// choices (0: choose), for tuning; clusters (0, 1, 2) as Problem::clusters.
+// read as it is is copied first (wgmma_gathers_first). tokens, tiles and splits force the
+// plan's choices (0: choose), for tuning; clusters (0, 1, 2) as Problem::clusters.
 torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tensor>& perm,
                          const torch::Tensor& qweight, const torch::Tensor& qzeros,
                          const torch::Tensor& scales, const torch::Tensor& counters,
-                         int64_t group_size, int64_t tokens, int64_t splits,
+                         int64_t group_size, int64_t tokens, int64_t tiles, int64_t splits,
                          bool gather_in_kernel, int64_t clusters) {
   auto p = problem_for("cuda-gptq-wgmma", x, perm, qweight, qzeros, scales, counters, 4,
                        group_size);
@@ -223,6 +223,7 @@ torch::Tensor gptq_wgmma(const torch::Tensor& x, const std::optional<torch::Tens
                 "cuda-gptq-wgmma: qweight, qzeros and scales must be 16-byte aligned");
   }
   p.tokens = static_cast<int>(tokens);
+  p.tiles = static_cast<int>(tiles);
   p.splits = static_cast<int>(splits);
   TORCH_CHECK(clusters >= 0 && clusters <= 2, "cuda-gptq-wgmma: clusters must be 0, 1 or 2, got ",
               clusters);
@@ -265,22 +266,25 @@ std::vector<int64_t> gptq_mma_plan(int64_t M, int64_t K, int64_t N, int64_t coun
   return {p.tokens, p.loads, p.warps_k, p.splits, p.units_per_split};
 }
 
-// (tokens, splits, steps_per_split, in_clusters) that gptq_wgmma would use.
+// (tokens, splits, steps_per_split, in_clusters, tiles) that gptq_wgmma would use.
 std::vector<int64_t> gptq_wgmma_plan(int64_t M, int64_t K, int64_t N, int64_t counter_capacity,
-                                     int64_t tokens, int64_t splits, int64_t clusters) {
+                                     int64_t tokens, int64_t tiles, int64_t splits,
+                                     int64_t clusters) {
   auto p = shape_problem(M, K, N, 4);
   p.tokens = static_cast<int>(tokens);
+  p.tiles = static_cast<int>(tiles);
   p.splits = static_cast<int>(splits);
   p.clusters = static_cast<int>(clusters);
   ferrule_gemv::plan_wgmma(p, multiprocessors(), counter_capacity);
-  return {p.tokens, p.splits, p.units_per_split, p.in_clusters};
+  return {p.tokens, p.splits, p.units_per_split, p.in_clusters, p.tiles};
 }
 
-// Blocks of cuda-gptq-wgmma's `tokens`-row tiles the current device holds at once, in thread
-// block clusters of `splits` when above 1 (the plan's residency; 0: not in clusters).
-int64_t gptq_wgmma_resident(int64_t tokens, int64_t splits) {
-  return ferrule_gemv::wgmma_resident(static_cast<int>(tokens), static_cast<int>(splits),
-                                      multiprocessors());
+// Blocks of cuda-gptq-wgmma's `tokens`-row tiles of `tiles` m64 tiles a consumer the current
+// device holds at once, in thread block clusters of `splits` when above 1 (the plan's
+// residency; 0: not in clusters).
+int64_t gptq_wgmma_resident(int64_t tokens, int64_t tiles, int64_t splits) {
+  return ferrule_gemv::wgmma_resident(static_cast<int>(tokens), static_cast<int>(tiles),
+                                      static_cast<int>(splits), multiprocessors());
 }
 
 }  // namespace
@@ -294,7 +298,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gptq_wgmma", &gptq_wgmma,
         "y = x @ W for a GPTQ 4-bit layer, float16 x, sm_90 (cuda-gptq-wgmma)");
   m.def("gptq_wgmma_plan", &gptq_wgmma_plan,
-        "(tokens, splits, steps_per_split, in_clusters) for a shape");
+        "(tokens, splits, steps_per_split, in_clusters, tiles) for a shape");
   m.def("gptq_wgmma_resident", &gptq_wgmma_resident,
         "blocks of a tile size resident at once, in clusters of `splits` when above 1");
 }

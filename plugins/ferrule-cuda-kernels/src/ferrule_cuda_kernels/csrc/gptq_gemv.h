@@ -46,6 +46,9 @@ struct Problem {
   // plan's choice: in_clusters (no workspace, no counters).
   int clusters;
   bool in_clusters;
+  // cuda-gptq-wgmma only: m64 tiles a consumer multiplies, 1 or 2 (128 or 256 columns a
+  // block); set with tokens to force it (0: the plan chooses).
+  int tiles;
 };
 
 // Rows of K one unit covers: 4 packed words, so 32 at 4 bits and 16 at 8 bits. A group must
@@ -88,13 +91,13 @@ cudaError_t gather_rows(const Problem& p, void* out, int num_sms, cudaStream_t s
 // 16-byte aligned perm, which the kernel's producer warps gather through themselves (x of any
 // strides); 4-bit codes, K a multiple of 64, N of 32 and groups of a multiple of 64 rows,
 // 16-byte aligned tensors (TMA), Hopper's wgmma (sm_90a). Chooses group_shift, tokens (unless
-// set: 16, 32, 64, 128 or 256), splits (unless set) and units_per_split (steps of 64 rows of K
-// a split).
+// set: 16, 32, 64, 128 or 256), tiles (unless set with tokens: 1 or 2 at 64 and 128 rows, 2
+// below, 1 at 256), splits (unless set) and units_per_split (steps of 64 rows of K a split).
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity);
 cudaError_t launch_wgmma(const Problem& p, cudaStream_t stream);
-// Blocks of `tokens`-row tiles the device holds at once, in clusters of `splits` when above 1
-// (0 where they cannot finish in clusters).
-int64_t wgmma_resident(int tokens, int splits, int num_sms);
+// Blocks of `tokens`-row tiles of `tiles` m64 tiles a consumer the device holds at once, in
+// clusters of `splits` when above 1 (0 where they cannot finish in clusters).
+int64_t wgmma_resident(int tokens, int tiles, int splits, int num_sms);
 // Whether cuda-gptq-wgmma's caller should run gather_rows first (x[:, perm], or without perm a
 // contiguous copy) and launch without perm: act-order rows unless the kernel gathers them
 // (gather_in_kernel, up to 4 rows, perm 16-byte aligned), and x that TMA cannot read as it is.

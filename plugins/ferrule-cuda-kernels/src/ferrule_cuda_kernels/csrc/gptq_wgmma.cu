@@ -5,8 +5,9 @@
 // The product runs transposed, out^T = W^T x^T, as in cuda-gptq-mma: the weight is the A
 // operand and comes from registers, where each thread dequantizes packed words, and x is the B
 // operand, which wgmma reads from shared memory in its own order (x needs no shuffle). Thread
-// 4 g + c of warp w of a warpgroup takes 2 kTiles adjacent columns; tile j (an m64 tile: two a
-// warpgroup, 128 columns, or one, 64 columns, at 256 rows) takes its row 16 w + g from column
+// 4 g + c of warp w of a warpgroup takes 2 TILES adjacent columns; tile j (an m64 tile: two a
+// warpgroup, 128 columns, or one, 64 columns: at 256 rows, and at 64 and 128 rows where the
+// plan chooses it) takes its row 16 w + g from column
 // 2 j of the thread's list and row 16 w + g + 8 from column 2 j + 1. wgmma's A fragment layout
 // per warp is mma.sync's: for K step s (16 rows) the thread holds rows 16 s + 2 c, + 1 and
 // 16 s + 8 + 2 c, + 1, byte c of word rows 2 s and 2 s + 1 of the unit (32 rows: 4 word rows).
@@ -23,7 +24,7 @@
 // ~2 us at 16 rows and ~10% of the product at 1,024 rows of 4096x4096, H100.)
 //
 // Warp-specialized. A block is three warpgroups over TOKENS rows of x (16 to 256: the wgmma's
-// N) and 2 x 64 kTiles columns, stepping through K 64 rows at a time. One thread of warpgroup 0,
+// N) and 2 x 64 TILES columns, stepping through K 64 rows at a time. One thread of warpgroup 0,
 // the producer, copies each step by TMA into a ring of kStages shared-memory stages: x's tile
 // (TOKENS rows of 128 bytes in the 128-byte swizzle that the wgmma descriptors name; rows past
 // M read as zeros), the packed words (one 3-D box: 32 columns by 8 word rows by the block's
@@ -98,17 +99,16 @@ using common::half2_bits;
 // Warpgroup 0 of a block is the producer, warpgroups 1 and 2 the consumers.
 constexpr int kConsumers = 2;
 constexpr int kThreads = 128 * (kConsumers + 1);
-// m64 tiles a consumer multiplies: two (128 columns), or one at 256 rows (64 columns: wgmma's
-// widest N, which halves the dequantizing a product takes).
-template <int TOKENS>
-constexpr int kTiles = TOKENS == 256 ? 1 : 2;
-template <int TOKENS>
-constexpr int kGroupCols = 64 * kTiles<TOKENS>;
-template <int TOKENS>
-constexpr int kBlockCols = kGroupCols<TOKENS> * kConsumers;
-constexpr int block_cols_for(int tokens) {
-  return tokens == 256 ? kBlockCols<256> : kBlockCols<128>;
-}
+// m64 tiles a consumer multiplies, TILES: two (128 columns, 256 a block) or one (64 columns,
+// 128 a block). One at 256 rows (wgmma's widest N halves the dequantizing a product takes) and,
+// where the plan estimates it faster, at 64 and 128 rows: twice the blocks of a narrow layer's
+// columns fill the GPU with fewer splits of K (H200: 4096x4096 at 64 rows 0.97x of fp16
+// against 0.88x, 14336x4096 at 128 rows 1.06x against 0.95x).
+template <int TILES>
+constexpr int kGroupCols = 64 * TILES;
+template <int TILES>
+constexpr int kBlockCols = kGroupCols<TILES> * kConsumers;
+constexpr int block_cols_for(int tiles) { return 64 * tiles * kConsumers; }
 constexpr int kStepRows = 64;    // rows of K a step: 8 word rows, 4 k16 wgmmas a tile
 constexpr int kMinStepsPerSplit = 4;
 // Split-K in a thread block cluster (Problem::in_clusters): up to the portable cluster size.
@@ -117,15 +117,15 @@ constexpr int kAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 12
 // A stage: x's tile (TOKENS rows of 128 bytes, swizzled), the step's packed words (8 word rows
 // of each 32 columns of the block, swizzled, chunk after chunk), and the step's group's scales
 // and zero-point words, padded so stages stay 1024-aligned.
-template <int TOKENS>
-constexpr int kWordBytes = 8 * kBlockCols<TOKENS> * 4;
-template <int TOKENS>
-constexpr int kScaleBytes = kBlockCols<TOKENS> * 2;
+template <int TILES>
+constexpr int kWordBytes = 8 * kBlockCols<TILES> * 4;
+template <int TILES>
+constexpr int kScaleBytes = kBlockCols<TILES> * 2;
 constexpr int kParamBytes = 1024;
 template <int TOKENS>
 constexpr int kXBytes = TOKENS * kStepRows * 2;
-template <int TOKENS>
-constexpr int kStageBytes = kXBytes<TOKENS> + kWordBytes<TOKENS> + kParamBytes;
+template <int TOKENS, int TILES>
+constexpr int kStageBytes = kXBytes<TOKENS> + kWordBytes<TILES> + kParamBytes;
 // Stages in the ring: up to about 180 KB of shared memory (one block a multiprocessor). Up to
 // 32 rows, 6: faster than 4, 8, 10, 12 or 16 on the Llama-3 layers at 3-32 rows (H100, one
 // run: 4096x14336 at 16 rows 2.65x of fp16 against 2.49x with 12; 28672x8192 3.14x / 3.06x).
@@ -140,12 +140,12 @@ constexpr int kStages = FERRULE_WGMMA_STAGES > 0 ? FERRULE_WGMMA_STAGES
                                                       : 5;
 constexpr int kMaxStages = 16;
 constexpr int kBarrierBytes = 2 * kMaxStages * 8;  // the full and empty mbarriers, after the stages
-template <int TOKENS>
-constexpr int kSharedBytes = kStages<TOKENS> * kStageBytes<TOKENS> + kBarrierBytes + kAlign;
+template <int TOKENS, int TILES>
+constexpr int kSharedBytes = kStages<TOKENS> * kStageBytes<TOKENS, TILES> + kBarrierBytes + kAlign;
 // Bytes the TMA copies of a step bring (boxes past the tensor's edges count whole).
-template <int TOKENS>
+template <int TOKENS, int TILES>
 constexpr uint32_t kStageTx =
-    kXBytes<TOKENS> + kWordBytes<TOKENS> + kScaleBytes<TOKENS> + kBlockCols<TOKENS> / 8 * 4;
+    kXBytes<TOKENS> + kWordBytes<TILES> + kScaleBytes<TILES> + kBlockCols<TILES> / 8 * 4;
 constexpr int kWordBox = 32;  // columns of a chunk of the words box: 128 bytes
 
 // d += a b (d = a b where `accumulate` is 0) for one m64nNk16 tile: A (64 x 16 float16) from
@@ -477,11 +477,11 @@ __device__ __forceinline__ void set_registers() {
 #endif
 }
 
-// One step's group parameters for a consumer thread's 2 kTiles columns (up to 4) and, up to 32
+// One step's group parameters for a consumer thread's 2 TILES columns (up to 4) and, up to 32
 // rows, where the consumer reads them ahead, the step's packed words (a unit, 32 rows of K, is
 // word rows 4 u .. 4 u + 3).
 struct Held {
-  int4 words[2][4];  // [unit][word row]: columns col .. (x, y only at kTiles 1)
+  int4 words[2][4];  // [unit][word row]: columns col .. (x, y only at TILES 1)
   uint32_t zero[4];  // each column's (-(1024 + z), -(64 + z)) (float16 bits), for byte_codes
   uint32_t scale[4];  // each column's scale twice (float16 bits), where fragments are scaled
   uint2 scales;  // the columns' scales (float16 bits), where the sums are scaled
@@ -529,7 +529,7 @@ constexpr bool kScaleSums = TOKENS <= FERRULE_WGMMA_SCALE_SUMS_ROWS;
 // proxy and arrives; in a stage's first round it also zeroes the tile's rows past M (TMA's box
 // would). Three warps keep three steps in flight. For up to 4 rows (wgmma_gathers_first's
 // kWgmmaGatherRows, one chunk a lane); each column block repeats the gather.
-template <int TOKENS, typename Empty, typename Full>
+template <int TOKENS, int TILES, typename Empty, typename Full>
 __device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh, int t, int row0,
                                              int step_begin, int step_end, Empty empty,
                                              Full full) {
@@ -553,7 +553,7 @@ __device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh,
       b = __ldg(perm + 16 * step + 2 * chunk + 1);
     }
     if (round > 0) barrier_wait(sh, empty(stage), static_cast<uint32_t>(round - 1) & 1u);
-    char* const tile = sh.base + stage * kStageBytes<TOKENS>;
+    char* const tile = sh.base + stage * kStageBytes<TOKENS, TILES>;
     if (round == 0) {  // rows past M: zeros, as TMA's box would have (never written again)
       for (int i = lane; i < (TOKENS - valid) * 8; i += 32) {
         *reinterpret_cast<uint4*>(tile + (valid + i / 8) * 128 + ((i % 8) << 4)) =
@@ -568,19 +568,19 @@ __device__ __forceinline__ void gather_tiles(const Problem& p, const Shared& sh,
   }
 }
 
-template <int TOKENS>
+template <int TOKENS, int TILES>
 __global__ void __launch_bounds__(kThreads, 1)
     gptq_wgmma_kernel(const __grid_constant__ Problem p, const __grid_constant__ Maps maps) {
   constexpr int kSums = TOKENS / 2;  // float32 sums a consumer thread holds per tile
-  constexpr int kT = kTiles<TOKENS>;
+  constexpr int kT = TILES;
   constexpr int kCols = 2 * kT;  // columns a consumer thread holds
-  constexpr int kBlock = kBlockCols<TOKENS>;
+  constexpr int kBlock = kBlockCols<TILES>;
   constexpr int S = kStages<TOKENS>;
   static_assert(S >= 3 && S <= kMaxStages, "stages");
 #ifdef FERRULE_GEMV_EMULATED
   // A cluster's blocks run at once in the emulation: a copy a rank.
   struct alignas(1024) RankShared {
-    char bytes[kSharedBytes<TOKENS>];
+    char bytes[kSharedBytes<TOKENS, TILES>];
   };
   __shared__ RankShared ranks[kMaxClusterSplits];
   char* const raw = ranks[p.in_clusters ? blockIdx.y : 0].bytes;
@@ -594,8 +594,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const Shared sh{smem, smem_address};
   // The mbarriers after the stages (byte offsets): full(s), stage s has landed (the producer's
   // expected bytes); empty(s), the consumers' 256 threads are done with it.
-  auto full = [](int stage) { return S * kStageBytes<TOKENS> + 8 * stage; };
-  auto empty = [](int stage) { return S * kStageBytes<TOKENS> + 8 * (kMaxStages + stage); };
+  auto full = [](int stage) { return S * kStageBytes<TOKENS, TILES> + 8 * stage; };
+  auto empty = [](int stage) { return S * kStageBytes<TOKENS, TILES> + 8 * (kMaxStages + stage); };
 
   const int tid = threadIdx.x;
   const int role = tid >> 7;  // 0: producer; 1, 2: consumers
@@ -627,7 +627,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = t >> 5;
   const int g = lane >> 2;
   const int c = lane & 3;
-  const int local_col = (role - 1) * kGroupCols<TOKENS> + warp * 16 * kT + kCols * g;
+  const int local_col = (role - 1) * kGroupCols<TILES> + warp * 16 * kT + kCols * g;
   const int col = col0 + local_col;
 
   if (role == 0) {
@@ -639,20 +639,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the address arithmetic, ~110-290 instructions a step, did too.)
     set_registers<false, 40>();
     if (t == 0) {
-      constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TOKENS>;
+      constexpr int kScales = kXBytes<TOKENS> + kWordBytes<TILES>;
       // The step's weight copies (words, scales, zero points) into `stage`, whose full barrier
       // then expects the x tile's bytes as well.
       auto load_weight = [&](int step, int stage) {
-        const int base = stage * kStageBytes<TOKENS>;
+        const int base = stage * kStageBytes<TOKENS, TILES>;
         const int bar = full(stage);
-        barrier_expect(sh, bar, kStageTx<TOKENS> - (gathers ? kXBytes<TOKENS> : 0));
+        barrier_expect(sh, bar, kStageTx<TOKENS, TILES> - (gathers ? kXBytes<TOKENS> : 0));
         tma_load(sh, base + kXBytes<TOKENS>, maps.words, 0, step * 8, col0 / kWordBox, bar);
         const int group = static_cast<int>(common::group_of(p, step * kStepRows));
         tma_load(sh, base + kScales, maps.scales, col0, group, bar);
-        tma_load(sh, base + kScales + kScaleBytes<TOKENS>, maps.zeros, col0 / 8, group, bar);
+        tma_load(sh, base + kScales + kScaleBytes<TILES>, maps.zeros, col0 / 8, group, bar);
       };
       auto load_x = [&](int step, int stage) {
-        if (!gathers) tma_load(sh, stage * kStageBytes<TOKENS>, maps.x, step * kStepRows, row0, full(stage));
+        if (!gathers) tma_load(sh, stage * kStageBytes<TOKENS, TILES>, maps.x, step * kStepRows, row0, full(stage));
       };
       // The first round of the ring's weights goes out before x is ready (no kernel writes
       // the weight), while the previous kernel on the stream finishes.
@@ -672,7 +672,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     } else if (gathers && t >= 32) {
-      gather_tiles<TOKENS>(p, sh, t, row0, step_begin, step_end, empty, full);
+      gather_tiles<TOKENS, TILES>(p, sh, t, row0, step_begin, step_end, empty, full);
     }
     common::release_dependents();
     if (p.in_clusters) {  // the consumers' two cluster barriers (finish_in_cluster) count it
@@ -693,15 +693,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int zero_shift = 4 * (col % 8);
     // The thread's bytes in a stage: its words in box local_col / 32 (1 KB: 8 word rows of 32
     // columns), word row r at 16-byte chunk (local_col % 32) / 4 ^ r (the 128-byte swizzle), 8
-    // bytes into it at kTiles 1 for odd local_col / 2; its scales and zero points.
+    // bytes into it at TILES 1 for odd local_col / 2; its scales and zero points.
     const int words_at = kXBytes<TOKENS> + 1024 * (local_col / kWordBox) + 4 * (local_col % 4);
     const int chunk_at = ((local_col % kWordBox) / 4) << 4;
-    const int scale_at = kXBytes<TOKENS> + kWordBytes<TOKENS> + 2 * local_col;
-    const int zero_at = kXBytes<TOKENS> + kWordBytes<TOKENS> + kScaleBytes<TOKENS> + 4 * (local_col / 8);
+    const int scale_at = kXBytes<TOKENS> + kWordBytes<TILES> + 2 * local_col;
+    const int zero_at = kXBytes<TOKENS> + kWordBytes<TILES> + kScaleBytes<TILES> + 4 * (local_col / 8);
     const uint32_t select = 0x4040u + 0x0101u * static_cast<uint32_t>(c);  // byte c: rows 2 c, 2 c + 1
     // Word rows 4 u .. 4 u + 3 of the step in `stage` (unit u), the thread's columns.
     auto read_unit = [&](int stage, int u, int4 (&w)[4]) {
-      const char* const base = smem + stage * kStageBytes<TOKENS> + words_at;
+      const char* const base = smem + stage * kStageBytes<TOKENS, TILES> + words_at;
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int row = 4 * u + r;
@@ -730,7 +730,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         read_unit(h.stage, 0, h.words[0]);
         read_unit(h.stage, 1, h.words[1]);
       }
-      const char* const base = smem + h.stage * kStageBytes<TOKENS>;
+      const char* const base = smem + h.stage * kStageBytes<TOKENS, TILES>;
       const uint32_t zeros = *reinterpret_cast<const uint32_t*>(base + zero_at);
 #pragma unroll
       for (int k = 0; k < kCols; ++k) {
@@ -783,7 +783,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
         // The start address field (address / 16) moves with the stage and the k16 step.
-        const uint64_t desc = first_desc + ((stage * kStageBytes<TOKENS> + 32 * (2 * u + s)) >> 4);
+        const uint64_t desc = first_desc + ((stage * kStageBytes<TOKENS, TILES> + 32 * (2 * u + s)) >> 4);
 #pragma unroll
         for (int j = 0; j < kT; ++j) {
           mma_step<TOKENS>(sums[j], a[s][j], desc, raw, restart && u == 0 && s == 0 ? 0 : 1);
@@ -1056,8 +1056,8 @@ cudaError_t make_map(TensorMap& map, const void* base, bool is_f16, uint64_t dim
 #endif
 }
 
-cudaError_t make_maps(const Problem& p, int tokens, Maps& maps) {
-  const int block_cols = block_cols_for(tokens);
+cudaError_t make_maps(const Problem& p, int tokens, int tiles, Maps& maps) {
+  const int block_cols = block_cols_for(tiles);
   const uint64_t groups = (static_cast<uint64_t>(p.K) + p.group_size - 1) / p.group_size;
   // With perm the producer gathers x itself (gather_tiles): no map, and x may have any strides.
   cudaError_t e = p.perm != nullptr ? cudaSuccess
@@ -1078,81 +1078,98 @@ cudaError_t make_maps(const Problem& p, int tokens, Maps& maps) {
   return e;
 }
 
-template <int TOKENS>
+template <int TOKENS, int TILES>
 struct Kernel {
-  static constexpr auto kKernel = gptq_wgmma_kernel<TOKENS>;
+  static constexpr auto kKernel = gptq_wgmma_kernel<TOKENS, TILES>;
   static int occupancy() {
-    static const int blocks = common::resident_blocks(kKernel, kThreads, kSharedBytes<TOKENS>);
+    static const int blocks = common::resident_blocks(kKernel, kThreads, kSharedBytes<TOKENS, TILES>);
     return blocks;
   }
   // Clusters of `splits` blocks the GPU holds at once (2 to kMaxClusterSplits), asked once; the
   // emulation answers from `fallback` (the emulated GPU's blocks over `splits`) each time. 0
   // where what a block of such a cluster receives (finish in cluster: the other ranks' float4s
-  // of its 8-token groups, for its 256 consumer threads and kTiles tiles) would not fit its ring.
+  // of its 8-token groups, for its 256 consumer threads and TILES tiles) would not fit its ring.
   static int64_t clusters(int splits, int64_t fallback) {
     constexpr int kGroups = TOKENS / 8;
-    const int64_t received = int64_t{16} * 128 * kConsumers * kTiles<TOKENS> * (splits - 1) *
+    const int64_t received = int64_t{16} * 128 * kConsumers * TILES * (splits - 1) *
                              ((kGroups + splits - 1) / splits);
-    if (received > int64_t{kStages<TOKENS>} * kStageBytes<TOKENS>) return 0;
+    if (received > int64_t{kStages<TOKENS>} * kStageBytes<TOKENS, TILES>) return 0;
     const int blocks = static_cast<int>(std::min<int64_t>(fallback, 1 << 20));
 #ifdef FERRULE_GEMV_EMULATED
-    return common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS>, blocks);
+    return common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS, TILES>, blocks);
 #else
     static int cached[kMaxClusterSplits + 1] = {};
     if (cached[splits] == 0) {
-      cached[splits] = 1 + common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS>, blocks);
+      cached[splits] = 1 + common::resident_clusters(kKernel, splits, kThreads, kSharedBytes<TOKENS, TILES>, blocks);
     }
     return cached[splits] - 1;
 #endif
   }
   static cudaError_t launch(const Problem& p, cudaStream_t stream) {
-    static const cudaError_t allowed = common::allow_shared(kKernel, kSharedBytes<TOKENS>);
+    static const cudaError_t allowed = common::allow_shared(kKernel, kSharedBytes<TOKENS, TILES>);
     if (allowed != cudaSuccess) return allowed;
     Maps maps{};
-    const cudaError_t made = make_maps(p, TOKENS, maps);
+    const cudaError_t made = make_maps(p, TOKENS, TILES, maps);
     if (made != cudaSuccess) return made;
-    const dim3 grid((p.N + kBlockCols<TOKENS> - 1) / kBlockCols<TOKENS>, p.splits,
+    const dim3 grid((p.N + kBlockCols<TILES> - 1) / kBlockCols<TILES>, p.splits,
                     (p.M + TOKENS - 1) / TOKENS);
     return common::launch_in_clusters(kKernel, grid, p.in_clusters ? p.splits : 1, kThreads,
-                                      kSharedBytes<TOKENS>, stream, p.pdl, p, maps);
+                                      kSharedBytes<TOKENS, TILES>, stream, p.pdl, p, maps);
   }
 };
 
 template <typename F>
 auto dispatch(const Problem& p, F&& f) {
   switch (p.tokens) {
-    case 16: return f(Kernel<16>{});
-    case 32: return f(Kernel<32>{});
-    case 64: return f(Kernel<64>{});
-    case 128: return f(Kernel<128>{});
-    default: return f(Kernel<256>{});
+    case 16: return f(Kernel<16, 2>{});
+    case 32: return f(Kernel<32, 2>{});
+    case 64: return p.tiles == 1 ? f(Kernel<64, 1>{}) : f(Kernel<64, 2>{});
+    case 128: return p.tiles == 1 ? f(Kernel<128, 1>{}) : f(Kernel<128, 2>{});
+    default: return f(Kernel<256, 1>{});
   }
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Blocks of `tokens`-row tiles the GPU holds at once, and p's tiles of that many rows.
-int64_t resident_for(const Problem& p, int tokens, int num_sms) {
+// The tiles a block may take: `tokens` rows of x by `tiles` m64 tiles a consumer (128 tiles
+// columns a block), as dispatch instantiates them.
+struct Shape {
+  int tokens;
+  int tiles;
+};
+constexpr Shape kShapes[] = {{16, 2}, {32, 2}, {64, 2}, {64, 1}, {128, 2}, {128, 1}, {256, 1}};
+bool is_shape(int tokens, int tiles) {
+  for (const Shape& shape : kShapes) {
+    if (shape.tokens == tokens && shape.tiles == tiles) return true;
+  }
+  return false;
+}
+
+// Blocks of `shape` the GPU holds at once.
+int64_t resident_for(const Problem& p, Shape shape, int num_sms) {
   Problem q = p;
-  q.tokens = tokens;
+  q.tokens = shape.tokens;
+  q.tiles = shape.tiles;
   return static_cast<int64_t>(num_sms) * dispatch(q, [](auto k) { return decltype(k)::occupancy(); });
 }
 
-// Whether `splits` blocks of `tokens`-row tiles may finish in a thread block cluster (the
-// device has them, 2 to kMaxClusterSplits splits, what a block receives fits its ring), and
-// then the blocks the GPU holds at once in such clusters (else 0).
-int64_t cluster_resident(const Problem& p, int tokens, int64_t splits, int num_sms) {
+// Whether `splits` blocks of `shape` may finish in a thread block cluster (the device has them,
+// 2 to kMaxClusterSplits splits, what a block receives fits its ring), and then the blocks the
+// GPU holds at once in such clusters (else 0).
+int64_t cluster_resident(const Problem& p, Shape shape, int64_t splits, int num_sms) {
   if (!p.has_clusters || splits < 2 || splits > kMaxClusterSplits) return 0;
   Problem q = p;
-  q.tokens = tokens;
-  const int64_t blocks = resident_for(p, tokens, num_sms);
+  q.tokens = shape.tokens;
+  q.tiles = shape.tiles;
+  const int64_t blocks = resident_for(p, shape, num_sms);
   return splits * dispatch(q, [&](auto k) {
            return decltype(k)::clusters(static_cast<int>(splits), blocks / splits);
          });
 }
 
-int64_t tiles_for(const Problem& p, int tokens) {
-  return ceil_div(p.N, block_cols_for(tokens)) * ceil_div(p.M, tokens);
+// p's output tiles in blocks of `shape`.
+int64_t tiles_for(const Problem& p, Shape shape) {
+  return ceil_div(p.N, block_cols_for(shape.tiles)) * ceil_div(p.M, shape.tokens);
 }
 
 // Act-order rows up to this many may be gathered by the kernel's producer warps (gather_tiles:
@@ -1168,13 +1185,15 @@ constexpr int kWgmmaGatherRows = 4;
 // fastest measured configuration in all 25 cells (4096x6144 at 512 rows: 0.85x of fp16 in one
 // wave of 256-row tiles against 0.47x in two waves of 64-row tiles, the rule it replaced).
 // Microseconds on that card; only their ratios matter.
-double wgmma_step_cost(int tokens) {
-  switch (tokens) {
+// The one-tile 64- and 128-row blocks (128 columns) were fitted later, to the same script's
+// forced pairs on 4096x4096 and 14336x4096 at 64-256 rows (H200, 2026-11-28).
+double wgmma_step_cost(Shape shape) {
+  switch (shape.tokens) {
     case 16: return 0.50;  // not measured: it only ranks the splits of a forced 16-row tile
     case 32: return 0.50;
-    case 64: return 0.62;
-    case 128: return 0.80;  // 256 columns a block: twice the dequantizing of a 256-row tile
-    default: return 0.72;   // 256 rows, 128 columns a block
+    case 64: return shape.tiles == 1 ? 0.41 : 0.62;
+    case 128: return shape.tiles == 1 ? 0.51 : 0.80;  // two tiles: 256 columns a block
+    default: return 0.72;  // 256 rows, 128 columns a block
   }
 }
 constexpr double kSplitFixed = 0.4;
@@ -1196,14 +1215,15 @@ int64_t whole_splits(const Problem& p, int64_t splits) {
   return ceil_div(steps, ceil_div(steps, std::max<int64_t>(1, std::min(splits, steps))));
 }
 
-double wgmma_estimate(const Problem& p, int tokens, int64_t splits, int64_t resident,
+double wgmma_estimate(const Problem& p, Shape shape, int64_t splits, int64_t resident,
                       bool cluster) {
   splits = whole_splits(p, splits);
   const int64_t per_split = ceil_div(p.K / kStepRows, splits);
-  const int64_t waves = ceil_div(tiles_for(p, tokens) * splits, resident);
-  double cost = static_cast<double>(waves * per_split) * wgmma_step_cost(tokens);
+  const int64_t waves = ceil_div(tiles_for(p, shape) * splits, resident);
+  double cost = static_cast<double>(waves * per_split) * wgmma_step_cost(shape);
   if (splits > 1 && cluster) {
-    const double kilobytes = 4.0 / 1024 * tokens * block_cols_for(tokens) * (splits - 1) / splits;
+    const double kilobytes =
+        4.0 / 1024 * shape.tokens * block_cols_for(shape.tiles) * (splits - 1) / splits;
     cost += kClusterFixed + kClusterEach * splits + kClusterPerKilobyte * kilobytes;
   } else if (splits > 1) {
     const double megabytes = 4e-6 * static_cast<double>(splits) * p.M * p.N;
@@ -1212,7 +1232,7 @@ double wgmma_estimate(const Problem& p, int tokens, int64_t splits, int64_t resi
   return cost;
 }
 
-// The estimate of (tokens, splits), finishing in a cluster where p.clusters allows it (2:
+// The estimate of (shape, splits), finishing in a cluster where p.clusters allows it (2:
 // wherever it can, 1: where that is estimated faster), and whether it does.
 struct Estimate {
   double cost;
@@ -1222,15 +1242,15 @@ struct Estimate {
 // clusters of 3, 120 of 4, 102 of 6 on an H200's 132) and that adds a wave, the plan keeps the
 // workspace: a second wave cost more than the estimate says (4096x4096 at 16 rows, 8 splits,
 // 128 blocks: 1.02x of fp16 in clusters against 1.61x).
-Estimate wgmma_choice(const Problem& p, int tokens, int64_t splits, int num_sms) {
-  const int64_t resident = resident_for(p, tokens, num_sms);
-  const Estimate plain{wgmma_estimate(p, tokens, splits, resident, false), false};
+Estimate wgmma_choice(const Problem& p, Shape shape, int64_t splits, int num_sms) {
+  const int64_t resident = resident_for(p, shape, num_sms);
+  const Estimate plain{wgmma_estimate(p, shape, splits, resident, false), false};
   const int64_t whole = whole_splits(p, splits);
-  const int64_t clustered = p.clusters > 0 ? cluster_resident(p, tokens, whole, num_sms) : 0;
+  const int64_t clustered = p.clusters > 0 ? cluster_resident(p, shape, whole, num_sms) : 0;
   if (clustered == 0) return plain;
-  const Estimate in_clusters{wgmma_estimate(p, tokens, splits, clustered, true), true};
+  const Estimate in_clusters{wgmma_estimate(p, shape, splits, clustered, true), true};
   if (p.clusters == 2) return in_clusters;
-  const int64_t blocks = tiles_for(p, tokens) * whole;
+  const int64_t blocks = tiles_for(p, shape) * whole;
   if (ceil_div(blocks, clustered) > ceil_div(blocks, resident)) return plain;
   return in_clusters.cost < plain.cost ? in_clusters : plain;
 }
@@ -1240,54 +1260,62 @@ Estimate wgmma_choice(const Problem& p, int tokens, int64_t splits, int num_sms)
 void plan_wgmma(Problem& p, int num_sms, int64_t counter_capacity) {
   plan_groups(p);
   const int64_t steps = p.K / kStepRows;
-  const bool forced_tokens =
-      p.tokens == 16 || p.tokens == 32 || p.tokens == 64 || p.tokens == 128 || p.tokens == 256;
-  // Splits that fill the GPU (`resident` blocks) with `tokens`-row tiles, at least
+  // A forced tile: its rows, and its tiles a consumer too where both are forced.
+  const bool forced_tokens = is_shape(p.tokens, 2) || is_shape(p.tokens, 1);
+  const bool forced_tiles = forced_tokens && is_shape(p.tokens, p.tiles);
+  // Splits that fill the GPU (`resident` blocks) with blocks of `shape`, at least
   // kMinStepsPerSplit steps each.
-  auto most_splits = [&](int tokens, int64_t resident) {
-    const int64_t tiles = tiles_for(p, tokens);
+  auto most_splits = [&](Shape shape, int64_t resident) {
+    const int64_t tiles = tiles_for(p, shape);
     if (tiles > counter_capacity) return int64_t{1};
     return std::max<int64_t>(1, std::min(resident / tiles, steps / kMinStepsPerSplit));
   };
   int64_t splits = p.splits;
+  Shape best_shape{0, 0};
   if (!forced_tokens && p.M <= 32) {
-    p.tokens = p.M <= 16 ? 16 : 32;
-  } else if (!forced_tokens || splits <= 0) {
+    best_shape = {p.M <= 16 ? 16 : 32, 2};
+  } else if (!forced_tiles || splits <= 0) {
     // From 33 rows the least estimate (above) among the tiles of 32 rows up to the next power
     // of two of M, each with the splits up to a full wave; a forced tile only its splits.
     double best = 0.0;
-    int best_tokens = 0;
     int64_t best_splits = 1;
-    for (const int tokens : {16, 32, 64, 128, 256}) {
-      const bool unwanted = tokens == 16 || (tokens > 32 && tokens > 2 * p.M - 1);
-      if (forced_tokens ? tokens != p.tokens : unwanted) continue;
-      const int64_t resident = resident_for(p, tokens, num_sms);
+    for (const Shape shape : kShapes) {
+      const bool unwanted = shape.tokens == 16 || (shape.tokens > 32 && shape.tokens > 2 * p.M - 1);
+      if (forced_tokens ? shape.tokens != p.tokens || (forced_tiles && shape.tiles != p.tiles)
+                        : unwanted) {
+        continue;
+      }
+      const int64_t resident = resident_for(p, shape, num_sms);
       const int64_t low = splits > 0 ? splits : 1;
-      const int64_t high = splits > 0 ? splits : most_splits(tokens, resident);
+      const int64_t high = splits > 0 ? splits : most_splits(shape, resident);
       for (int64_t s = low; s <= high; ++s) {
-        const double cost = wgmma_choice(p, tokens, s, num_sms).cost;
-        if (best_tokens == 0 || cost < best) {
+        const double cost = wgmma_choice(p, shape, s, num_sms).cost;
+        if (best_shape.tokens == 0 || cost < best) {
           best = cost;
-          best_tokens = tokens;
+          best_shape = shape;
           best_splits = s;
         }
       }
     }
-    p.tokens = best_tokens;
     splits = best_splits;
+  } else {
+    best_shape = {p.tokens, p.tiles};
   }
+  p.tokens = best_shape.tokens;
+  p.tiles = best_shape.tiles;
   p.loads = 2;
-  if (splits <= 0) splits = most_splits(p.tokens, resident_for(p, p.tokens, num_sms));
-  if (tiles_for(p, p.tokens) > counter_capacity) splits = 1;
+  if (splits <= 0) splits = most_splits(best_shape, resident_for(p, best_shape, num_sms));
+  if (tiles_for(p, best_shape) > counter_capacity) splits = 1;
   p.splits = static_cast<int>(whole_splits(p, splits));
   p.units_per_split = static_cast<int>(ceil_div(steps, p.splits));  // steps of 64 rows here
-  p.in_clusters = p.splits > 1 && wgmma_choice(p, p.tokens, p.splits, num_sms).in_clusters;
+  p.in_clusters = p.splits > 1 && wgmma_choice(p, best_shape, p.splits, num_sms).in_clusters;
 }
 
-int64_t wgmma_resident(int tokens, int splits, int num_sms) {
+int64_t wgmma_resident(int tokens, int tiles, int splits, int num_sms) {
   Problem p{};
   p.has_clusters = true;
-  return splits > 1 ? cluster_resident(p, tokens, splits, num_sms) : resident_for(p, tokens, num_sms);
+  const Shape shape{tokens, tiles};
+  return splits > 1 ? cluster_resident(p, shape, splits, num_sms) : resident_for(p, shape, num_sms);
 }
 
 bool wgmma_gathers_first(const Problem& p, bool gather_in_kernel) {
