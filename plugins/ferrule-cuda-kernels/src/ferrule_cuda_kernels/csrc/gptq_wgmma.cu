@@ -57,6 +57,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "gptq_gemv.h"
 #include "kernel_common.cuh"
@@ -515,6 +516,16 @@ using UnitFragments = uint32_t[2][kT][4];
 // fragments. (-DFERRULE_WGMMA_SCALE_SUMS_ROWS=0 scales the fragments at every tile: on an
 // H100 that was 6-12% slower at 4-16 rows; the H200's few-row times, which wait on each step's
 // wgmmas, have not been tried with it: bench/cuda_gemv_variants.py.)
+// Units (32 rows of K) of wgmmas a consumer keeps in flight from 64 rows: 3 at 64 rows (H200,
+// against 2: 2-5% faster at 64 rows of every Llama-3 layer, e.g. 28672x8192 1.51x of fp16
+// against 1.46x, 14336x4096 1.28x / 1.22x), 2 above (3 was 0-3% slower with 256-row tiles,
+// and the 128-row tile of two m64 tiles spills at 3: up to 35% slower). 4 was slower at every
+// tile. -DFERRULE_WGMMA_PENDING=N sets every tile's.
+#ifndef FERRULE_WGMMA_PENDING
+#define FERRULE_WGMMA_PENDING 0
+#endif
+template <int TOKENS>
+constexpr int kPending = FERRULE_WGMMA_PENDING > 0 ? FERRULE_WGMMA_PENDING : TOKENS == 64 ? 3 : 2;
 #ifndef FERRULE_WGMMA_SCALE_SUMS_ROWS
 #define FERRULE_WGMMA_SCALE_SUMS_ROWS 32
 #endif
@@ -849,39 +860,49 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     } else {
       // From 64 rows: issues unit v's wgmmas with fragments `a`, leaving them in flight; once
-      // unit v - 2's are done (and with them, at a step's second unit, the step's stage),
-      // dequantizes unit v + 2 into `next` (unit v - 2's fragments). Two units stay queued on
-      // the tensor cores while a third is dequantized.
+      // unit v - D's are done (and with them, at a step's second unit, the step's stage),
+      // dequantizes unit v + D into `next` (unit v - D's fragments). D units stay queued on
+      // the tensor cores while another is dequantized.
+      constexpr int D = kPending<TOKENS>;
+      static_assert(S >= D + 1 && D >= 2 && D <= 3, "the ring holds the steps of 2 D units at once");
       Held held;  // the step of the next unit to dequantize
       int done_stage = 0;  // the stage of the step whose wgmmas finish next
       auto run_unit = [&](int v, int stage, const UnitFragments<kT>& a, UnitFragments<kT>& next) {
         issue(stage, v & 1, a, acc, false);
-        wgmma_wait<2>();  // unit v - 2's wgmmas
-        if (v >= 2 && ((v - 2) & 1)) {
+        wgmma_wait<D>();  // unit v - D's wgmmas
+        if (v >= D && ((v - D) & 1)) {
           barrier_arrive(sh, empty(done_stage));
           if (++done_stage == S) done_stage = 0;
         }
-        const int ahead = v + 2;
+        const int ahead = v + D;
         if (ahead < units) {
           if ((ahead & 1) == 0) take(held);
           dequantize(held, ahead & 1, next);
         }
       };
-      UnitFragments<kT> frag[4];
-      int stage = 0;  // of the units issued next
-      if (units > 0) {
-        take(held);
-        dequantize(held, 0, frag[0]);
-        dequantize(held, 1, frag[1]);
+      UnitFragments<kT> frag[2 * D];
+      if (units > 0) {  // a step, two units, at least
+#pragma unroll
+        for (int v = 0; v < D; ++v) {
+          if (v >= 2 && v >= units) break;
+          if ((v & 1) == 0) take(held);
+          dequantize(held, v & 1, frag[v]);
+        }
       }
-      for (int v = 0; v < units; v += 4) {  // units come in pairs
-        run_unit(v, stage, frag[0], frag[2]);
-        run_unit(v + 1, stage, frag[1], frag[3]);
+      int stage = 0;  // of the units issued next
+      // Units first + i and the next (a step), fragments i and i + 1 of the ring of 2 D.
+      auto run_step = [&](int first, auto i) {
+        run_unit(first + i, stage, frag[i], frag[(i + D) % (2 * D)]);
+        run_unit(first + i + 1, stage, frag[i + 1], frag[(i + 1 + D) % (2 * D)]);
         if (++stage == S) stage = 0;
-        if (v + 2 < units) {
-          run_unit(v + 2, stage, frag[2], frag[0]);
-          run_unit(v + 3, stage, frag[3], frag[1]);
-          if (++stage == S) stage = 0;
+      };
+      for (int first = 0; first < units; first += 2 * D) {  // units come in pairs
+        run_step(first, std::integral_constant<int, 0>{});
+        if constexpr (D > 1) {
+          if (first + 2 < units) run_step(first, std::integral_constant<int, 2>{});
+        }
+        if constexpr (D > 2) {
+          if (first + 4 < units) run_step(first, std::integral_constant<int, 4>{});
         }
       }
       wgmma_wait<0>();
