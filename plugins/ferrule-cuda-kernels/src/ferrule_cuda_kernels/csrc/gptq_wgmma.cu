@@ -33,8 +33,9 @@
 // ("full") and another the consumers done with it ("empty"). Warpgroups 1 and 2, the
 // consumers (setmaxnreg gives them the registers the producer does not need), each take half
 // the columns: per unit of 32 rows they read their words from the stage, dequantize them into
-// fragments and issue the unit's wgmmas, keeping two units queued on the tensor cores while
-// the next is dequantized (up to 32 rows, a step's two units, then one wait a step). Splitting
+// fragments and issue the unit's wgmmas, keeping two units (three at 64 rows: kPending)
+// queued on the tensor cores while the next is dequantized (up to 32 rows, a step's two
+// units, then one wait a step). Splitting
 // K across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a
 // float32 workspace, the last block of a tile adds), the adding done by the consumers alone;
 // or, where the plan estimates it faster (Problem::in_clusters), in a thread block cluster of
@@ -517,8 +518,8 @@ using UnitFragments = uint32_t[2][kT][4];
 // H100 that was 6-12% slower at 4-16 rows; the H200's few-row times, which wait on each step's
 // wgmmas, have not been tried with it: bench/cuda_gemv_variants.py.)
 // Units (32 rows of K) of wgmmas a consumer keeps in flight from 64 rows: 3 at 64 rows (H200,
-// against 2: 2-5% faster at 64 rows of every Llama-3 layer, e.g. 28672x8192 1.51x of fp16
-// against 1.46x, 14336x4096 1.28x / 1.22x), 2 above (3 was 0-3% slower with 256-row tiles,
+// against 2: 2-9% faster at 64 rows of every Llama-3 layer, e.g. 28672x8192 1.51x of fp16
+// against 1.38x, 14336x4096 1.28x / 1.22x), 2 above (3 was 0-3% slower with 256-row tiles,
 // and the 128-row tile of two m64 tiles spills at 3: up to 35% slower). 4 was slower at every
 // tile. -DFERRULE_WGMMA_PENDING=N sets every tile's.
 #ifndef FERRULE_WGMMA_PENDING
