@@ -58,7 +58,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #include "gptq_gemv.h"
 #include "kernel_common.cuh"
@@ -511,12 +510,6 @@ __device__ __forceinline__ uint32_t byte_codes(uint32_t w, uint32_t select, uint
 template <int kT>
 using UnitFragments = uint32_t[2][kT][4];
 
-// Up to 32 rows the fragments hold the exact q - z and the scale multiplies each step's float32
-// sums (kept apart from the total until its wgmmas are done); from 64 rows, where that would
-// take more registers and more multiplications than it saves, the scale multiplies the
-// fragments. (-DFERRULE_WGMMA_SCALE_SUMS_ROWS=0 scales the fragments at every tile: on an
-// H100 that was 6-12% slower at 4-16 rows; the H200's few-row times, which wait on each step's
-// wgmmas, have not been tried with it: bench/cuda_gemv_variants.py.)
 // Units (32 rows of K) of wgmmas a consumer keeps in flight from 64 rows: 3 at 64 rows (H200,
 // against 2: 2-9% faster at 64 rows of every Llama-3 layer, e.g. 28672x8192 1.51x of fp16
 // against 1.38x, 14336x4096 1.28x / 1.22x), 2 above (3 was 0-3% slower with 256-row tiles,
@@ -527,6 +520,13 @@ using UnitFragments = uint32_t[2][kT][4];
 #endif
 template <int TOKENS>
 constexpr int kPending = FERRULE_WGMMA_PENDING > 0 ? FERRULE_WGMMA_PENDING : TOKENS == 64 ? 3 : 2;
+
+// Up to 32 rows the fragments hold the exact q - z and the scale multiplies each step's float32
+// sums (kept apart from the total until its wgmmas are done); from 64 rows, where that would
+// take more registers and more multiplications than it saves, the scale multiplies the
+// fragments. (-DFERRULE_WGMMA_SCALE_SUMS_ROWS=0 scales the fragments at every tile, so the
+// few-row loop no longer waits on each step's wgmmas: slower, on an H100 by 6-12% at 4-16
+// rows, on an H200 by 2-11% at 4-32 rows: bench/cuda_gemv_variants.py.)
 #ifndef FERRULE_WGMMA_SCALE_SUMS_ROWS
 #define FERRULE_WGMMA_SCALE_SUMS_ROWS 32
 #endif
@@ -891,19 +891,24 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       int stage = 0;  // of the units issued next
-      // Units first + i and the next (a step), fragments i and i + 1 of the ring of 2 D.
-      auto run_step = [&](int first, auto i) {
-        run_unit(first + i, stage, frag[i], frag[(i + D) % (2 * D)]);
-        run_unit(first + i + 1, stage, frag[i + 1], frag[(i + 1 + D) % (2 * D)]);
+      // Unit v (a step's first) and v + 1 from fragments a0 and a1, dequantizing units v + D
+      // and v + 1 + D into n0 and n1 (of the ring of 2 D).
+      auto run_step = [&](int v, const UnitFragments<kT>& a0, UnitFragments<kT>& n0,
+                          const UnitFragments<kT>& a1, UnitFragments<kT>& n1) {
+        run_unit(v, stage, a0, n0);
+        run_unit(v + 1, stage, a1, n1);
         if (++stage == S) stage = 0;
       };
-      for (int first = 0; first < units; first += 2 * D) {  // units come in pairs
-        run_step(first, std::integral_constant<int, 0>{});
-        if constexpr (D > 1) {
-          if (first + 2 < units) run_step(first, std::integral_constant<int, 2>{});
+      constexpr int R = 2 * D;
+      for (int first = 0; first < units; first += R) {  // units come in pairs
+        run_step(first, frag[0], frag[D % R], frag[1], frag[(1 + D) % R]);
+        if (first + 2 < units) {
+          run_step(first + 2, frag[2], frag[(2 + D) % R], frag[3], frag[(3 + D) % R]);
         }
         if constexpr (D > 2) {
-          if (first + 4 < units) run_step(first, std::integral_constant<int, 4>{});
+          if (first + 4 < units) {
+            run_step(first + 4, frag[4], frag[(4 + D) % R], frag[5], frag[(5 + D) % R]);
+          }
         }
       }
       wgmma_wait<0>();
