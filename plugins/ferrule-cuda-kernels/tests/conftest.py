@@ -80,6 +80,15 @@ extern "C" int emulated_gemv(const void* x, int64_t stride_m, int64_t stride_k,
   return workspace == nullptr ? 0 : static_cast<int>(ferrule_gemv::launch(p, nullptr));
 }
 
+// Whether the binding gathers x[:, perm] first for cuda-gptq-gemv (gemv_gathers_first), for
+// act-order (`perm`) rows of this shape and dtype.
+extern "C" int emulated_gemv_gathers_first(int M, int K, int bf16, int perm) {
+  static const int32_t index[1] = {0};  // only whether perm is set is read
+  auto p = problem(nullptr, K, 1, perm ? index : nullptr, nullptr, nullptr, nullptr, nullptr,
+                   nullptr, nullptr, M, K, 64, 128, 4, bf16);
+  return ferrule_gemv::gemv_gathers_first(p) ? 1 : 0;
+}
+
 // plan: in, warps_k and splits to force (0: choose); out, tokens, loads, warps_k, splits,
 // units_per_split.
 extern "C" int emulated_mma(const void* x, int64_t stride_m, int64_t stride_k,
@@ -183,6 +192,7 @@ def build_emulator(folder: Path):
     lib.emulated_gemv.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 7 + [i64, p]
     lib.emulated_mma.argtypes = [p, i64, i64, p, p, p, p, p, p, p] + [i32] * 5 + [i64, p]
     lib.emulated_wgmma.argtypes = lib.emulated_mma.argtypes
+    lib.emulated_gemv_gathers_first.argtypes = [i32] * 4
     return lib
 
 

@@ -130,6 +130,23 @@ def test_act_order_rows_of_long_k_are_gathered_first(emulator, rows):
         assert err < TOLERANCE[str(dtype).removeprefix("torch.")], f"{dtype}: {err:.2e}"
 
 
+@pytest.mark.parametrize(
+    ("rows", "k", "bf16", "perm", "expected"),
+    [
+        (1, 4096, 0, 1, False),  # one row gathers in the kernel (first: up to 10% slower, H200)
+        (1, 16384, 0, 1, True),  # ... but not from K = 16,384, where every block would copy x
+        (2, 4096, 0, 1, True),  # two rows at any K (H200: 4096x14336 1.97x of fp16, not 1.87x)
+        (8, 1024, 0, 1, True),
+        (2, 4096, 1, 1, False),  # bfloat16 keeps the kernel's own gather
+        (2, 4100, 0, 1, False),  # K not a multiple of 8: the kernel's own gather
+        (2, 4096, 0, 0, False),  # in order: nothing to gather
+    ],
+)
+def test_which_act_order_rows_are_gathered_first(emulator, rows, k, bf16, perm, expected):
+    """The binding's rule for cuda-gptq-gemv (gemv_gathers_first), as measured."""
+    assert bool(emulator.emulated_gemv_gathers_first(rows, k, bf16, perm)) == expected
+
+
 def test_strided_input_and_extreme_magnitudes(emulator):
     layer = sorted_layer(256, 64, 4, 128, False, False)
     wide = torch.randn(5, 512).half()
