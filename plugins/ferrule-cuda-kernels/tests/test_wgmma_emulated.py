@@ -60,6 +60,7 @@ def test_matches_the_float64_oracle(
         (64, 1, 6, 70),
         (128, 2, 2, 20),
         (128, 1, 2, 130),
+        (128, 1, 16, 130),
         (256, 1, 1, 20),
         (256, 1, 3, 300),
     ],
@@ -69,7 +70,8 @@ def test_forced_tiles_and_split_k(emulated_wgmma, sorted_layer, tokens, tiles, s
     columns a block, 2 a thread; 416 columns leave a partial block either way. One split of 16
     steps goes round every ring (5 to 10 stages) more than once; 16 splits of one step (two
     units) and 6 of three (six) end the 64-row tiles' loop, which keeps 3 units in flight,
-    before and on its round of 6 units."""
+    before and on its round of 6 units; 16 splits of one step end the one-tile 128-row
+    loop (4 in flight) before its round of 8."""
     layer = sorted_layer(1024, 416, 128, True, False, seed=3)
     x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(2)).half()
     plan = check(emulated_wgmma, layer, x, tokens=tokens, splits=splits, tiles=tiles)

@@ -33,7 +33,7 @@
 // ("full") and another the consumers done with it ("empty"). Warpgroups 1 and 2, the
 // consumers (setmaxnreg gives them the registers the producer does not need), each take half
 // the columns: per unit of 32 rows they read their words from the stage, dequantize them into
-// fragments and issue the unit's wgmmas, keeping two units (three at 64 rows: kPending)
+// fragments and issue the unit's wgmmas, keeping two to four units (kPending)
 // queued on the tensor cores while the next is dequantized (up to 32 rows, a step's two
 // units, then one wait a step). Splitting
 // K across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a
@@ -512,14 +512,19 @@ using UnitFragments = uint32_t[2][kT][4];
 
 // Units (32 rows of K) of wgmmas a consumer keeps in flight from 64 rows: 3 at 64 rows (H200,
 // against 2: 2-9% faster at 64 rows of every Llama-3 layer, e.g. 28672x8192 1.51x of fp16
-// against 1.38x, 14336x4096 1.28x / 1.22x), 2 above (3 was 0-3% slower with 256-row tiles,
-// and the 128-row tile of two m64 tiles spills at 3: up to 35% slower). 4 was slower at every
-// tile. -DFERRULE_WGMMA_PENDING=N sets every tile's.
+// against 1.38x, 14336x4096 1.28x / 1.22x; 4 was slower), 4 for the one-tile 128-row block
+// (3-4% faster than 2 where the plan takes it: 4096x4096 at 256 rows 0.84x / 0.81x,
+// 14336x4096 at 128 1.10x / 1.07x), 2 for the rest (3 and 4 were even or slower with 256-row
+// tiles, and the two-tile 128-row block spills at 3: up to 35% slower).
+// -DFERRULE_WGMMA_PENDING=N sets every tile's.
 #ifndef FERRULE_WGMMA_PENDING
 #define FERRULE_WGMMA_PENDING 0
 #endif
-template <int TOKENS>
-constexpr int kPending = FERRULE_WGMMA_PENDING > 0 ? FERRULE_WGMMA_PENDING : TOKENS == 64 ? 3 : 2;
+template <int TOKENS, int TILES>
+constexpr int kPending = FERRULE_WGMMA_PENDING > 0       ? FERRULE_WGMMA_PENDING
+                         : TOKENS == 64                  ? 3
+                         : TOKENS == 128 && TILES == 1 ? 4
+                                                         : 2;
 
 // Up to 32 rows the fragments hold the exact q - z and the scale multiplies each step's float32
 // sums (kept apart from the total until its wgmmas are done); from 64 rows, where that would
@@ -864,8 +869,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // unit v - D's are done (and with them, at a step's second unit, the step's stage),
       // dequantizes unit v + D into `next` (unit v - D's fragments). D units stay queued on
       // the tensor cores while another is dequantized.
-      constexpr int D = kPending<TOKENS>;
-      static_assert(S >= D + 1 && D >= 2 && D <= 3, "the ring holds the steps of 2 D units at once");
+      constexpr int D = kPending<TOKENS, TILES>;
+      static_assert(S >= D + 1 && D >= 2 && D <= 4, "the ring holds the steps of 2 D units at once");
       Held held;  // the step of the next unit to dequantize
       int done_stage = 0;  // the stage of the step whose wgmmas finish next
       auto run_unit = [&](int v, int stage, const UnitFragments<kT>& a, UnitFragments<kT>& next) {
@@ -908,6 +913,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         if constexpr (D > 2) {
           if (first + 4 < units) {
             run_step(first + 4, frag[4], frag[(4 + D) % R], frag[5], frag[(5 + D) % R]);
+          }
+        }
+        if constexpr (D > 3) {
+          if (first + 6 < units) {
+            run_step(first + 6, frag[6], frag[(6 + D) % R], frag[7], frag[(7 + D) % R]);
           }
         }
       }
