@@ -7,8 +7,8 @@
 // operand, which wgmma reads from shared memory in its own order (x needs no shuffle). Thread
 // 4 g + c of warp w of a warpgroup takes 2 TILES adjacent columns; tile j (an m64 tile: two a
 // warpgroup, 128 columns, or one, 64 columns: at 256 rows, and at 64 and 128 rows where the
-// plan chooses it) takes its row 16 w + g from column
-// 2 j of the thread's list and row 16 w + g + 8 from column 2 j + 1. wgmma's A fragment layout
+// plan chooses it) takes its row 16 w + g from column 2 j of the thread's list and row
+// 16 w + g + 8 from column 2 j + 1. wgmma's A fragment layout
 // per warp is mma.sync's: for K step s (16 rows) the thread holds rows 16 s + 2 c, + 1 and
 // 16 s + 8 + 2 c, + 1, byte c of word rows 2 s and 2 s + 1 of the unit (32 rows: 4 word rows).
 // A PRMT copies that byte to bytes 0 and 2, one LOP3 and one HFMA2 make the exact q - z pair
@@ -33,14 +33,14 @@
 // ("full") and another the consumers done with it ("empty"). Warpgroups 1 and 2, the
 // consumers (setmaxnreg gives them the registers the producer does not need), each take half
 // the columns: per unit of 32 rows they read their words from the stage, dequantize them into
-// fragments and issue the unit's wgmmas, keeping two to four units (kPending)
-// queued on the tensor cores while the next is dequantized (up to 32 rows, a step's two
-// units, then one wait a step). Splitting
-// K across blocks, when the tiles do not fill the GPU, finishes like cuda-gptq-mma's (a
-// float32 workspace, the last block of a tile adds), the adding done by the consumers alone;
-// or, where the plan estimates it faster (Problem::in_clusters), in a thread block cluster of
-// the tile's splits, each block adding up a share of the tile from what the others store
-// into its shared memory (distributed shared memory), without the workspace.
+// fragments and issue the unit's wgmmas, keeping two to four units (kPending) queued on the
+// tensor cores while the next is dequantized (up to 32 rows, a step's two units, then one
+// wait a step). Splitting K across blocks, when the tiles do not fill the GPU, finishes like
+// cuda-gptq-mma's (a float32 workspace, the last block of a tile adds), the adding done by
+// the consumers alone; or, where the plan estimates it faster (Problem::in_clusters), in a
+// thread block cluster of the tile's splits, each block adding up a share of the tile from
+// what the others store into its shared memory (distributed shared memory), without the
+// workspace.
 //
 // How it got here (H100, ratio to fp16 cuBLAS at 1024 rows on 28672x8192): every warpgroup
 // loading its own weight and cp.async-copying x behind block barriers, 0.62x (latency-bound,
