@@ -870,7 +870,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // dequantizes unit v + D into `next` (unit v - D's fragments). D units stay queued on
       // the tensor cores while another is dequantized.
       constexpr int D = kPending<TOKENS, TILES>;
-      static_assert(S >= D + 1 && D >= 2 && D <= 4, "the ring holds the steps of 2 D units at once");
+      static_assert(S >= D + 1 && D >= 2, "the ring holds the steps of 2 D units at once");
       Held held;  // the step of the next unit to dequantize
       int done_stage = 0;  // the stage of the step whose wgmmas finish next
       auto run_unit = [&](int v, int stage, const UnitFragments<kT>& a, UnitFragments<kT>& next) {
@@ -906,18 +906,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       };
       constexpr int R = 2 * D;
       for (int first = 0; first < units; first += R) {  // units come in pairs
-        run_step(first, frag[0], frag[D % R], frag[1], frag[(1 + D) % R]);
-        if (first + 2 < units) {
-          run_step(first + 2, frag[2], frag[(2 + D) % R], frag[3], frag[(3 + D) % R]);
-        }
-        if constexpr (D > 2) {
-          if (first + 4 < units) {
-            run_step(first + 4, frag[4], frag[(4 + D) % R], frag[5], frag[(5 + D) % R]);
-          }
-        }
-        if constexpr (D > 3) {
-          if (first + 6 < units) {
-            run_step(first + 6, frag[6], frag[(6 + D) % R], frag[7], frag[(7 + D) % R]);
+#pragma unroll
+        for (int i = 0; i < R; i += 2) {
+          if (i == 0 || first + i < units) {
+            run_step(first + i, frag[i], frag[(i + D) % R], frag[i + 1], frag[(i + 1 + D) % R]);
           }
         }
       }
