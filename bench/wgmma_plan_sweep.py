@@ -2,17 +2,17 @@
 
     python bench/wgmma_plan_sweep.py [--rows 64,128,256,512,1024] [--shapes 4096x4096,...]
     python bench/wgmma_plan_sweep.py --clusters 2   # split-K in clusters wherever it can
-    python bench/wgmma_plan_sweep.py --build one=-DFERRULE_WGMMA_ONE_TILE_ROWS=192  # and a build
+    python bench/wgmma_plan_sweep.py --build d3=-DFERRULE_WGMMA_PENDING=3  # and another build
 
 For each layer shape (K x N) and row count it prints the ratio to fp16 ``torch.matmul`` of
 the kernel's plan (named ``t<rows>x<columns>s<splits>``, a block's tile of rows of x and of
 output columns, with ``c`` where split-K finishes in a cluster; timed before and after the
-sweep), the four
-fastest forced pairs and all of them (for the installed build, ``base``, and each ``--build``
-of the extension with extra nvcc flags, as ``bench/cuda_gemv_variants.py`` builds them), timed as ``ferrule bench kernels`` times (CUDA-graph
-replays rotating over weight copies larger than L2), in one run. The constants of the plan's
-cost model (``wgmma_step_cost`` and the split-K terms in ``csrc/gptq_wgmma.cu``) were fitted
-to this script's output.
+sweep), the four fastest forced pairs and all of them, for the installed build (``base``)
+and each ``--build`` of the extension with extra nvcc flags (built as
+``bench/cuda_gemv_variants.py`` builds its variants), timed as ``ferrule bench kernels`` times
+(CUDA-graph replays rotating over weight copies larger than L2), in one run. The constants of
+the plan's cost model (``wgmma_step_cost`` and the split-K terms in ``csrc/gptq_wgmma.cu``)
+were fitted to this script's output.
 """
 
 from __future__ import annotations
